@@ -160,17 +160,17 @@ def compile_plan(junction: JunctionSignals, plan: StagePlan, program_id: str) ->
     t = 0
     for k, stage_id in enumerate(seq):
         for g in junction.stage(stage_id).groups:
-            for s in range(t, t + plan.greens_s[k]):
-                green[g][s % cycle] = True
+            for sec in range(t, t + plan.greens_s[k]):
+                green[g][sec % cycle] = True
         t += plan.greens_s[k]
         if trans:
             tr = trans[k]
             for g in tr.continuing:
-                for s in range(t, t + tr.length_s):
-                    green[g][s % cycle] = True
+                for sec in range(t, t + tr.length_s):
+                    green[g][sec % cycle] = True
             for g, start in tr.starting.items():
-                for s in range(t + start, t + tr.length_s):
-                    green[g][s % cycle] = True
+                for sec in range(t + start, t + tr.length_s):
+                    green[g][sec % cycle] = True
             t += tr.length_s
     greens = {g: intervals_from_mask(mask) for g, mask in green.items()}
     return SignalProgram(
@@ -219,7 +219,7 @@ def group_states(junction: JunctionSignals, program: SignalProgram) -> Mapping[s
     out: dict[str, str] = {}
     for g in junction.groups:
         states = [SignalState.RED.value] * n
-        for start, end in program.greens.get(g.id, ()):
+        for start, _end in program.greens.get(g.id, ()):
             for s in range(start - g.red_yellow_s, start):
                 states[s % n] = SignalState.RED_YELLOW.value
         for start, end in program.greens.get(g.id, ()):
