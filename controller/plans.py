@@ -98,17 +98,39 @@ class SignalProgram:
         return data
 
 
-def transition(junction: JunctionSignals, from_stage: str, to_stage: str) -> Transition:
-    """Stage transition derived from the intergreen matrix."""
+def transition(
+    junction: JunctionSignals,
+    from_stage: str,
+    to_stage: str,
+    since_end_s: Mapping[str, int] | None = None,
+    min_starts: Mapping[str, int] | None = None,
+) -> Transition:
+    """Stage transition derived from the intergreen matrix.
+
+    Groups that end stop at the transition start.  Each starting group ``j``
+    begins once every intergreen ``Z[i][j]`` has run, for the groups ``i`` that
+    end now and for groups that ended earlier: ``since_end_s[i]`` says how many
+    seconds before the transition start ``i``'s last green ended (a short
+    stage between two others can leave too little time for a long pedestrian
+    clearance otherwise).  ``min_starts`` keeps starts from an earlier pass.
+    """
     a = junction.stage(from_stage).groups
     b = junction.stage(to_stage).groups
     ending = a - b
+    since: dict[str, int] = dict(since_end_s or {})
+    for i in ending:
+        since[i] = 0
     starting: dict[str, int] = {}
     for j in sorted(b - a):
-        waits = [junction.z(i, j) for i in ending if junction.conflicting(i, j)]
-        # A starting group also waits for its own red-yellow to fit after the
-        # previous green time ends, so the stage boundary stays a clean cut.
-        starting[j] = max([0, *waits])
+        waits = [
+            junction.z(i, j) - since_i
+            for i, since_i in since.items()
+            if i not in a - ending and junction.conflicting(i, j)
+        ]
+        floor = (min_starts or {}).get(j, 0)
+        starting[j] = max([0, floor, *waits])
+    # The next stage's green time starts once every starting group is green and
+    # every ending group has finished its yellow.
     ending_clear = [junction.group(i).yellow_s for i in ending]
     length = max([0, *starting.values(), *ending_clear])
     return Transition(
@@ -122,7 +144,11 @@ def transition(junction: JunctionSignals, from_stage: str, to_stage: str) -> Tra
 
 
 def transitions(junction: JunctionSignals, sequence: Sequence[str]) -> tuple[Transition, ...]:
-    """Transitions k -> k+1 for a cyclic stage sequence (the last one wraps to the first)."""
+    """Transitions k -> k+1 for a cyclic stage sequence (the last one wraps to the first).
+
+    Only the groups ending at each transition are considered; ``compile_plan``
+    refines this with the whole cycle's history.
+    """
     n = len(sequence)
     return tuple(
         transition(junction, sequence[k], sequence[(k + 1) % n]) for k in range(n)
@@ -130,7 +156,15 @@ def transitions(junction: JunctionSignals, sequence: Sequence[str]) -> tuple[Tra
 
 
 def lost_time_s(junction: JunctionSignals, sequence: Sequence[str]) -> int:
-    """Sum of transition lengths over one cycle: time no stage's green time runs."""
+    """Sum of transition lengths over one cycle (Webster's lost time ``L``).
+
+    The classic definition: each transition only waits for the groups ending
+    at it.  ``compile_plan`` may lengthen a transition when a very short stage
+    leaves too little time for an earlier group's clearance; the compiled
+    program's ``cycle_s`` is then longer than ``sum(greens) + L``.
+    """
+    if len(sequence) < 2:
+        return 0
     return sum(t.length_s for t in transitions(junction, sequence))
 
 
@@ -151,18 +185,35 @@ def compile_plan(junction: JunctionSignals, plan: StagePlan, program_id: str) ->
             raise ValueError(f"stage {s} follows itself; merge the two green times")
     if any(g < 0 for g in plan.greens_s):
         raise ValueError("negative green time")
-    trans = transitions(junction, seq) if len(seq) > 1 else ()
-    cycle = sum(plan.greens_s) + sum(t.length_s for t in trans)
+    trans = _fixed_point(junction, seq, plan.greens_s) if len(seq) > 1 else ()
+    green, _ = _layout(junction, seq, plan.greens_s, trans)
+    cycle = len(next(iter(green.values()))) if green else 0
     if cycle <= 0:
         raise ValueError("cycle of zero length")
+    greens = {g: intervals_from_mask(mask) for g, mask in green.items()}
+    return SignalProgram(
+        id=program_id, cycle_s=cycle, offset_s=plan.offset_s % cycle, greens=greens,
+        stage_plan=plan,
+    )
 
+
+def _layout(
+    junction: JunctionSignals,
+    seq: Sequence[str],
+    greens_s: Sequence[int],
+    trans: Sequence[Transition],
+) -> tuple[dict[str, list[bool]], list[int]]:
+    """Per-group green masks over one cycle, and the start second of each transition."""
+    cycle = sum(greens_s) + sum(t.length_s for t in trans)
     green = {g: [False] * cycle for g in junction.group_ids}
+    starts: list[int] = []
     t = 0
     for k, stage_id in enumerate(seq):
         for g in junction.stage(stage_id).groups:
-            for sec in range(t, t + plan.greens_s[k]):
+            for sec in range(t, t + greens_s[k]):
                 green[g][sec % cycle] = True
-        t += plan.greens_s[k]
+        t += greens_s[k]
+        starts.append(t)
         if trans:
             tr = trans[k]
             for g in tr.continuing:
@@ -172,11 +223,44 @@ def compile_plan(junction: JunctionSignals, plan: StagePlan, program_id: str) ->
                 for sec in range(t + start, t + tr.length_s):
                     green[g][sec % cycle] = True
             t += tr.length_s
-    greens = {g: intervals_from_mask(mask) for g, mask in green.items()}
-    return SignalProgram(
-        id=program_id, cycle_s=cycle, offset_s=plan.offset_s % cycle, greens=greens,
-        stage_plan=plan,
-    )
+    return green, starts
+
+
+def _fixed_point(
+    junction: JunctionSignals, seq: Sequence[str], greens_s: Sequence[int]
+) -> tuple[Transition, ...]:
+    """Transitions that respect every intergreen over the whole cycle.
+
+    Starts only ever move later, so the iteration is monotone and bounded by
+    the largest intergreen; at the fixed point every constraint measured on
+    the final layout holds.
+    """
+    n = len(seq)
+    trans = list(transitions(junction, seq))
+    for _ in range(4 * n + 8):
+        green, starts = _layout(junction, seq, greens_s, trans)
+        cycle = len(next(iter(green.values())))
+        changed = False
+        for k in range(n):
+            a = junction.stage(seq[k]).groups
+            tau = starts[k]
+            since: dict[str, int] = {}
+            for i, mask in green.items():
+                if i in a or not any(mask):
+                    continue
+                d = 1
+                while not mask[(tau - d) % cycle]:
+                    d += 1
+                since[i] = d - 1
+            refined = transition(
+                junction, seq[k], seq[(k + 1) % n], since, min_starts=trans[k].starting
+            )
+            if refined != trans[k]:
+                trans[k] = refined
+                changed = True
+        if not changed:
+            return tuple(trans)
+    raise ValueError("stage transitions did not settle; check the intergreen matrix")
 
 
 def intervals_from_mask(mask: Sequence[bool]) -> tuple[Interval, ...]:
