@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from controller.signals import JunctionSignals, SignalState
 
@@ -63,7 +62,11 @@ class Transition:
 
 @dataclass(frozen=True)
 class SignalProgram:
-    """Signalzeitenplan: cycle, offset and the green intervals of every signal group."""
+    """Signalzeitenplan: cycle, offset and the green intervals of every signal group.
+
+    Mappings are plain dicts (picklable, so programs travel to worker
+    processes); treat them as read-only.
+    """
 
     id: str
     cycle_s: int
@@ -73,7 +76,7 @@ class SignalProgram:
 
     def __post_init__(self) -> None:
         frozen = {g: tuple(tuple(iv) for iv in ivs) for g, ivs in self.greens.items()}
-        object.__setattr__(self, "greens", MappingProxyType(frozen))
+        object.__setattr__(self, "greens", dict(frozen))
 
     def is_green(self, group_id: str, t: int) -> bool:
         """Whether ``group_id`` is green at cycle second ``t`` (any integer)."""
@@ -137,7 +140,7 @@ def transition(
         from_stage=from_stage,
         to_stage=to_stage,
         ending=frozenset(ending),
-        starting=MappingProxyType(starting),
+        starting=dict(starting),
         continuing=frozenset(a & b),
         length_s=length,
     )
@@ -315,11 +318,11 @@ def group_states(junction: JunctionSignals, program: SignalProgram) -> Mapping[s
             for s in range(start, end):
                 states[s % n] = SignalState.GREEN.value
         out[g.id] = "".join(states)
-    return MappingProxyType(out)
+    return dict(out)
 
 
 def stage_green_times(program: SignalProgram) -> Mapping[str, int]:
     """Total green seconds per group and cycle."""
-    return MappingProxyType(
+    return dict(
         {g: sum(e - s for s, e in ivs) for g, ivs in program.greens.items()}
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 
 #: Hard ceiling for any cycle (safety.md V5); configuration may only lower it.
 CYCLE_CEILING_S = 120
@@ -112,9 +111,9 @@ class JunctionSignals:
     _stage_by_id: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "intergreen", MappingProxyType(dict(self.intergreen)))
-        object.__setattr__(self, "_by_id", MappingProxyType({g.id: g for g in self.groups}))
-        object.__setattr__(self, "_stage_by_id", MappingProxyType({s.id: s for s in self.stages}))
+        object.__setattr__(self, "intergreen", dict(self.intergreen))
+        object.__setattr__(self, "_by_id", dict({g.id: g for g in self.groups}))
+        object.__setattr__(self, "_stage_by_id", dict({s.id: s for s in self.stages}))
         problems = self.problems()
         if problems:
             raise ValueError(f"junction {self.tls_id}: " + "; ".join(problems))
