@@ -260,15 +260,17 @@ def vtype_classes_from_xml(paths: Iterable[Path]) -> dict[str, str]:
 
 
 def _vclass_resolver(
-    vtype_classes: Mapping[str, str] | None, path: Path
+    vtype_classes: Mapping[str, str] | None, path: Path, strict: bool = True
 ) -> Mapping[str, str]:
-    """Return a dict-like vType -> vClass that fails loudly on an unknown vType."""
+    """Return a dict-like vType -> vClass; unknown vTypes fail loudly when strict."""
 
     class _Classes(dict[str, str]):
         def __missing__(self, vtype: str) -> str:
             vclass = (vtype_classes or {}).get(vtype) or _SUMO_DEFAULT_VTYPES.get(vtype)
             if vclass is None and vtype in _KNOWN_VCLASSES:
                 vclass = vtype
+            if vclass is None and not strict:
+                vclass = "unknown"
             if vclass is None:
                 # Guessing a mode from an id would silently move buses into cars.
                 raise ConfigError(
@@ -309,9 +311,9 @@ class _Person:
 
 
 def _read_tripinfo(
-    path: Path, vtype_classes: Mapping[str, str] | None
+    path: Path, vtype_classes: Mapping[str, str] | None, strict: bool = True
 ) -> tuple[list[_Trip], list[_Person]]:
-    classes = _vclass_resolver(vtype_classes, path)
+    classes = _vclass_resolver(vtype_classes, path, strict)
     trips: list[_Trip] = []
     persons: list[_Person] = []
     for elem in _iter_top_level(path, ("tripinfo", "personinfo")):
@@ -360,13 +362,16 @@ def read_time_losses(
     warmup_s: float,
     end_s: float,
     vtype_classes: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> dict[str, list[float]]:
     """timeLoss of every completed trip in the measured window, by mode.
 
     Keys: the modes in :data:`MODES`, ``other``, ``vehicle`` (all vehicles) and
     ``pedestrian`` (walk stages of persons).  Used for delay distributions.
+    With ``strict=False`` vTypes of unknown vClass count as ``other`` instead
+    of raising (enough for the all-vehicle and pedestrian lists).
     """
-    trips, persons = _read_tripinfo(Path(run_dir) / TRIPINFO_FILE, vtype_classes)
+    trips, persons = _read_tripinfo(Path(run_dir) / TRIPINFO_FILE, vtype_classes, strict)
     out: dict[str, list[float]] = {m: [] for m in (*MODES, "other", "vehicle", "pedestrian")}
     for t in trips:
         if t.arrival is not None and warmup_s <= t.depart < end_s:
