@@ -269,7 +269,7 @@ def reading_problem(obj: object) -> tuple[RejectReason, str] | None:
     for name, value in obj.items():
         spec = fields.get(name)
         if spec is None:
-            return RejectReason.SCHEMA, f"unknown field {_clip(repr(name))}"
+            return RejectReason.SCHEMA, _clip(f"unknown field {name!r}")
         json_type, lo, hi = spec
         t = type(value)
         if json_type == "boolean":
