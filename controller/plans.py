@@ -130,7 +130,9 @@ def transition(
             for i, since_i in since.items()
             if i not in a - ending and junction.conflicting(i, j)
         ]
-        floor = (min_starts or {}).get(j, 0)
+        # A starting group's red-yellow runs inside the transition, never in the
+        # previous stage's green time, so every stage's green time shows one state.
+        floor = max((min_starts or {}).get(j, 0), junction.group(j).red_yellow_s)
         starting[j] = max([0, floor, *waits])
     # The next stage's green time starts once every starting group is green and
     # every ending group has finished its yellow.
@@ -198,6 +200,26 @@ def compile_plan(junction: JunctionSignals, plan: StagePlan, program_id: str) ->
         id=program_id, cycle_s=cycle, offset_s=plan.offset_s % cycle, greens=greens,
         stage_plan=plan,
     )
+
+
+def stage_timing(junction: JunctionSignals, plan: StagePlan) -> tuple[tuple[int, int, int], ...]:
+    """Per stage ``(green_start, green_end, next_green_start)`` in cycle seconds.
+
+    ``green_end`` is where the transition to the next stage begins;
+    ``next_green_start`` where it ends (it equals the cycle for the last stage).
+    """
+    seq = plan.sequence
+    trans = _fixed_point(junction, seq, plan.greens_s) if len(seq) > 1 else ()
+    out: list[tuple[int, int, int]] = []
+    t = 0
+    for k in range(len(seq)):
+        start = t
+        t += plan.greens_s[k]
+        end = t
+        if trans:
+            t += trans[k].length_s
+        out.append((start, end, t))
+    return tuple(out)
 
 
 def _layout(
