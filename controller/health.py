@@ -258,7 +258,9 @@ class HealthMonitor:
             ceiling = cfg.max_veh_per_s_per_lane * rec.lanes
             if impossible or count > ceiling * dt + rec.lanes:
                 plausible = False
-            if fault is None and (
+            # While CHATTERING, the recovery run below judges; the window would keep
+            # the old excess for a whole window and defeat the hysteresis count.
+            if fault is None and rec.fault is not Fault.CHATTERING and (
                 rec.window_sum > ceiling * cfg.chatter_window_s
                 or rec.impossible_in_window >= cfg.chatter_impossible_readings
             ):

@@ -1,0 +1,775 @@
+"""Demand and queue estimation per signal group from detector messages only.
+
+The estimator never sees ground truth: its inputs are ``DetectorReading``
+messages, the static ``DetectorInfo`` of each detector and which signal groups
+the hardware showed green.  Per signal group (movement) it estimates
+
+- arrival flow q (Verkehrsstärke, veh/h), exponentially smoothed;
+- queue length (Rückstaulänge) in vehicles and metres, from an input-output
+  count model between the upstream and stop-line loops, pulled towards the
+  queue sensor (radar) when one is healthy;
+- saturation flow s (Sättigungsverkehrsstärke, veh/h of green), learned from
+  stop-line discharge while a queue is present, starting from a prior;
+- degree of saturation x = q / (s * g/C) (Auslastungsgrad);
+- pedestrian demand (Anforderung) and waiting time, bus requests and ETA;
+
+plus per-approach aggregates with an HCM/Webster delay per vehicle.  Methods,
+parameters and limits are in docs/estimation.md.
+
+Call ``observe`` for every reading, ``observe_signals`` about once per second
+(with every hardware state), and ``estimate`` when a decision is due.  The
+class holds explicit state and does no I/O; the caller supplies the clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from controller.messages import DetectorInfo, DetectorKind, DetectorReading, HardwareState
+from controller.signals import SignalState
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorConfig:
+    """Parameters of the estimator; reasons for the defaults in docs/estimation.md."""
+
+    #: Time constant of the exponential flow smoothing (about three to five cycles).
+    flow_time_constant_s: float = 300.0
+    #: Flow assumed for a movement without usable data (conservative, veh/h).
+    default_flow_veh_h: float = 300.0
+    #: Base saturation flow per lane, through movement (Sättigungsverkehrsstärke).
+    saturation_per_lane_veh_h: float = 1800.0
+    #: Factors on the base saturation flow for turning movements.
+    left_factor: float = 0.9
+    right_factor: float = 0.85
+    #: Road length one queued vehicle takes up (Fahrzeugabstand im Stau).
+    jam_spacing_m: float = 7.0
+    #: Free speed between the upstream loop and the stop line (50 km/h).
+    free_speed_mps: float = 13.9
+    #: Time constant pulling the count model towards a healthy queue sensor.
+    radar_time_constant_s: float = 3.0
+    #: An empty stop-line loop for this long during green means the queue has cleared
+    #: (Zeitlücke, as in vehicle-actuated control).
+    clear_gap_s: float = 3.0
+    #: Start lost time: discharge is measured from green start plus this.
+    start_lost_s: float = 2.0
+    #: A discharge sample counts only with at least this duration and vehicles.
+    min_sample_s: float = 5.0
+    min_sample_veh: int = 3
+    #: Weight of the saturation prior, in seconds of measured saturated green.
+    saturation_prior_weight_s: float = 60.0
+    #: Forgetting factor per discharge sample (old samples fade, the road may change).
+    saturation_forgetting: float = 0.98
+    #: Learned saturation flow stays within these factors of the prior.
+    saturation_min_factor: float = 0.5
+    saturation_max_factor: float = 1.5
+    #: Bus speed between the request point and the stop line when the reading has none.
+    bus_speed_mps: float = 8.0
+    #: A bus request not served within this time is dropped (no check-out detector).
+    bus_request_timeout_s: float = 180.0
+    #: Queue (vehicles) from which a vehicle movement counts as having demand.
+    demand_queue_veh: float = 0.5
+    #: Analysis period T of the HCM incremental delay term, hours.
+    delay_analysis_period_h: float = 0.25
+    #: Lower bound on the green share in x = q / (s g/C), so x stays finite.
+    min_green_share: float = 0.02
+
+    def __post_init__(self) -> None:
+        positive = (
+            self.flow_time_constant_s, self.saturation_per_lane_veh_h, self.jam_spacing_m,
+            self.free_speed_mps, self.radar_time_constant_s, self.clear_gap_s,
+            self.bus_speed_mps, self.min_green_share, self.delay_analysis_period_h,
+        )
+        if any(not (v > 0 and math.isfinite(v)) for v in positive):
+            raise ValueError("estimator time constants, speeds and flows must be positive")
+        if not 0 < self.saturation_forgetting <= 1:
+            raise ValueError("saturation_forgetting must be within (0, 1]")
+        if not 0 < self.saturation_min_factor <= 1 <= self.saturation_max_factor:
+            raise ValueError("saturation factors must bracket 1")
+
+
+def turn_factor(label: str, config: EstimatorConfig | None = None) -> float:
+    """Saturation factor of a movement from its label ("N left", "S through+right").
+
+    A lane shared by several turns gets the mean of their factors: without
+    turning shares nothing better is known.  No keyword means through.
+    """
+    cfg = config or EstimatorConfig()
+    words = label.lower().replace("+", " ").replace("/", " ").split()
+    factors = [
+        f for key, f in (("through", 1.0), ("left", cfg.left_factor), ("right", cfg.right_factor))
+        if key in words
+    ]
+    return sum(factors) / len(factors) if factors else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEstimate:
+    """Estimated state of one signal group's movement (Verkehrsstrom)."""
+
+    flow_veh_h: float
+    queue_veh: float
+    #: Queue length per lane in metres (Rückstaulänge).
+    queue_m: float
+    saturation_veh_h: float
+    degree_of_saturation: float
+    #: Demand present (Anforderung): queue, presence, a pending button or bus, or no data.
+    demand: bool
+    #: Seconds since the first push-button press not yet served (0 if none).
+    ped_waiting_s: float
+    #: Seconds until the first pending bus reaches the stop line; None if none pending.
+    bus_eta_s: float | None
+    #: False when a detector of this group is faulty or the group has none.
+    data_ok: bool
+    approach: str = ""
+    #: Share of time green: the given split, or the observed share.
+    green_share: float = 0.0
+    #: Mean delay per vehicle (HCM/Webster); None without a known cycle or green.
+    delay_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApproachEstimate:
+    """Aggregates of one approach (Zufahrt)."""
+
+    #: Longest per-lane queue of the approach's groups, metres.
+    queue_m: float
+    queue_veh: float
+    flow_veh_h: float
+    #: Flow-weighted mean delay per vehicle of its vehicle groups; None if unknown.
+    delay_s: float | None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Snapshot of the estimator at ``ts``."""
+
+    ts: float
+    groups: Mapping[str, GroupEstimate]
+    approaches: Mapping[str, ApproachEstimate]
+
+
+def green_from_state(state: HardwareState, group_ids: Sequence[str]) -> dict[str, bool]:
+    """Group -> green from a hardware state string in junction group order."""
+    green = SignalState.GREEN.value
+    return {g: ch == green for g, ch in zip(group_ids, state.signal_states, strict=False)}
+
+
+def hcm_delay_s(
+    flow_veh_h: float,
+    saturation_veh_h: float,
+    green_share: float,
+    cycle_s: float,
+    analysis_period_h: float = 0.25,
+) -> float | None:
+    """Mean control delay per vehicle, HCM 2000 uniform + incremental terms.
+
+    d1 = 0.5 C (1 - λ)² / (1 - min(1, x) λ)  (Webster's uniform delay)
+    d2 = 900 T [(x - 1) + sqrt((x - 1)² + 4 x / (c T))]  (random and overflow)
+    with λ = g/C, c = s λ, x = q / c.  None when the movement has no capacity.
+    """
+    cap = saturation_veh_h * green_share
+    if cap <= 0 or cycle_s <= 0:
+        return None
+    x = flow_veh_h / cap
+    lam = min(green_share, 1.0)
+    d1 = 0.0 if lam >= 1.0 else 0.5 * cycle_s * (1.0 - lam) ** 2 / (1.0 - min(1.0, x) * lam)
+    t = analysis_period_h
+    d2 = 900.0 * t * ((x - 1.0) + math.sqrt((x - 1.0) ** 2 + 4.0 * x / (cap * t)))
+    return d1 + d2
+
+
+class _Det:
+    """Mutable per-detector state."""
+
+    __slots__ = (
+        "empty_since",
+        "info",
+        "kstart",
+        "ksum",
+        "kts",
+        "lanes",
+        "last_presence",
+        "last_seq",
+        "last_ts",
+        "prior_veh_s",
+        "queue_m",
+        "routes",
+        "run_deps",
+        "run_last",
+        "run_limit",
+        "run_start",
+        "run_state",
+        "sat_d",
+        "sat_t",
+        "share",
+    )
+
+    def __init__(self, info: DetectorInfo) -> None:
+        self.info = info
+        self.lanes = max(1, len(info.lanes))
+        self.share = 1.0 / len(info.groups) if info.groups else 0.0
+        self.last_seq: int | None = None
+        self.last_ts: float | None = None
+        self.last_presence = False
+        # Exponential-kernel count rate: ksum decays with exp(-dt/tau) (see _rate).
+        self.ksum = 0.0
+        self.kts: float | None = None
+        self.kstart = 0.0
+        # (group state, vehicles per count) for the input-output queue model.
+        self.routes: tuple[tuple[_Group, float], ...] = ()
+        self.empty_since: float | None = None
+        self.queue_m: float | None = None
+        # Saturated discharge run: 0 idle, 1 waiting for start, 2 measuring.
+        self.run_state = 0
+        self.run_start = 0.0
+        self.run_last = 0.0
+        self.run_deps = 0
+        self.run_limit = 0.0
+        self.sat_d = 0.0
+        self.sat_t = 0.0
+        self.prior_veh_s = 0.0
+
+    def reset_rate(self) -> None:
+        self.ksum = 0.0
+        self.kts = None
+
+
+class _Group:
+    """Mutable per-signal-group state."""
+
+    __slots__ = (
+        "approach",
+        "buses",
+        "cycle_s",
+        "factor",
+        "flow",
+        "fluid_in",
+        "fluid_out",
+        "green",
+        "green_share",
+        "green_start",
+        "id",
+        "lanes",
+        "last_good_flow",
+        "last_green_s",
+        "n",
+        "ped_since",
+        "section_m",
+        "w_queue",
+        "w_stop",
+        "w_up",
+    )
+
+    def __init__(self, gid: str, lanes: int, factor: float) -> None:
+        self.id = gid
+        self.approach = ""
+        self.lanes = lanes
+        self.factor = factor
+        self.n = 0.0  # vehicles between the upstream loop and the stop line
+        self.flow = 0.0  # veh/s, refreshed once per tick
+        self.last_good_flow: float | None = None
+        self.fluid_in = True
+        self.fluid_out = True
+        self.green = False
+        self.green_share = 0.0
+        self.green_start: float | None = None
+        self.cycle_s: float | None = None
+        self.last_green_s: float | None = None
+        self.ped_since: float | None = None
+        self.buses: list[tuple[float, float]] = []  # (request ts, eta ts)
+        self.section_m = 0.0
+        self.w_up = 0.0
+        self.w_stop = 0.0
+        self.w_queue = 0.0
+
+
+class Estimator:
+    """Per-signal-group demand, queue and saturation-flow estimator.
+
+    ``lanes_per_group`` overrides the lane count a group's detectors imply;
+    ``turns`` maps a group to a movement label ("left", "through+right") for the
+    saturation prior.  Groups named only in ``lanes_per_group`` have no detector
+    and are always estimated conservatively (demand present, default flow).
+    """
+
+    def __init__(
+        self,
+        detectors: Sequence[DetectorInfo],
+        lanes_per_group: Mapping[str, int] | None = None,
+        config: EstimatorConfig | None = None,
+        turns: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = cfg = config or EstimatorConfig()
+        self._dets: dict[str, _Det] = {}
+        for info in detectors:
+            if info.id in self._dets:
+                raise ValueError(f"duplicate detector id {info.id}")
+            self._dets[info.id] = _Det(info)
+        group_ids: list[str] = []
+        for info in detectors:
+            group_ids += [g for g in info.groups if g not in group_ids]
+        group_ids += [g for g in (lanes_per_group or {}) if g not in group_ids]
+        turns = turns or {}
+
+        self._members: dict[str, dict[DetectorKind, list[_Det]]] = {
+            g: {k: [] for k in DetectorKind} for g in group_ids
+        }
+        for det in self._dets.values():
+            for g in det.info.groups:
+                self._members[g][det.info.kind].append(det)
+
+        self._groups: dict[str, _Group] = {}
+        for g in group_ids:
+            m = self._members[g]
+            lanes_seen = {
+                lane
+                for kind in (DetectorKind.STOP_LINE, DetectorKind.QUEUE, DetectorKind.UPSTREAM)
+                for d in m[kind]
+                for lane in d.info.lanes
+            }
+            lanes = (lanes_per_group or {}).get(g, max(1, len(lanes_seen)))
+            gs = _Group(g, lanes, turn_factor(turns.get(g, ""), cfg))
+            approaches = [d.info.approach for kind in DetectorKind for d in m[kind]]
+            gs.approach = approaches[0] if approaches else ""
+            gs.section_m = max((d.info.distance_m for d in m[DetectorKind.UPSTREAM]), default=0.0)
+            self._groups[g] = gs
+
+        for det in self._dets.values():
+            if det.info.kind is DetectorKind.STOP_LINE:
+                factors = [self._groups[g].factor for g in det.info.groups] or [1.0]
+                det.prior_veh_s = (
+                    cfg.saturation_per_lane_veh_h * det.lanes * sum(factors) / len(factors) / 3600
+                )
+
+        self._faulty: frozenset[str] = frozenset()
+        self._t: float | None = None
+        self._signals_seen = False
+        self._rewire()
+
+    @property
+    def group_ids(self) -> tuple[str, ...]:
+        return tuple(self._groups)
+
+    # -- faults ------------------------------------------------------------------
+    def set_faulty(self, faulty: Mapping[str, object] | frozenset[str]) -> None:
+        """Exclude these detectors from the fusion (``HealthMonitor.faulty()``)."""
+        new = frozenset(d for d in faulty if d in self._dets)
+        if new == self._faulty:
+            return
+        for d in self._faulty - new:
+            # Back from a fault: whatever it counted meanwhile is not evidence.
+            det = self._dets[d]
+            det.reset_rate()
+            det.run_state = 0
+            det.empty_since = None
+            det.queue_m = None
+        for d in new - self._faulty:
+            self._dets[d].run_state = 0
+        self._faulty = new
+        self._rewire()
+
+    def _rewire(self) -> None:
+        """Recompute the count routes and lane weights after a change of faults."""
+        is_faulty = self._faulty.__contains__
+        for gs in self._groups.values():
+            m = self._members[gs.id]
+            up = [d for d in m[DetectorKind.UPSTREAM] if not is_faulty(d.info.id)]
+            stop = [d for d in m[DetectorKind.STOP_LINE] if not is_faulty(d.info.id)]
+            queue = [d for d in m[DetectorKind.QUEUE] if not is_faulty(d.info.id)]
+            gs.w_up = _scale(m[DetectorKind.UPSTREAM], up)
+            gs.w_stop = _scale(m[DetectorKind.STOP_LINE], stop)
+            gs.w_queue = _scale(m[DetectorKind.QUEUE], queue)
+            gs.fluid_in = not up
+            gs.fluid_out = not stop
+        for det in self._dets.values():
+            kind = det.info.kind
+            if det.info.id in self._faulty or kind not in (
+                DetectorKind.UPSTREAM, DetectorKind.STOP_LINE
+            ):
+                det.routes = ()
+                continue
+            sign = 1.0 if kind is DetectorKind.UPSTREAM else -1.0
+            det.routes = tuple(
+                (
+                    self._groups[g],
+                    sign * det.share
+                    * (self._groups[g].w_up if sign > 0 else self._groups[g].w_stop),
+                )
+                for g in det.info.groups
+            )
+
+    # -- input -------------------------------------------------------------------
+    def observe(self, reading: DetectorReading) -> None:
+        """Take one detector reading (in source-timestamp order per detector)."""
+        det = self._dets.get(reading.detector_id)
+        if det is None:
+            return
+        if det.last_seq is not None and reading.seq <= det.last_seq:
+            return
+        ts = reading.ts
+        prev_ts = det.last_ts
+        if prev_ts is not None and ts < prev_ts:
+            return
+        det.last_seq = reading.seq
+        det.last_ts = ts
+        kind = det.info.kind
+        count = reading.count if reading.count > 0 else 0
+
+        if kind is DetectorKind.UPSTREAM or kind is DetectorKind.STOP_LINE:
+            tau = self.config.flow_time_constant_s
+            if det.kts is None:
+                det.kstart = ts - det.info.report_period_s
+                det.ksum = float(count)
+            else:
+                det.ksum = det.ksum * math.exp(-(ts - det.kts) / tau) + count
+            det.kts = ts
+            if count:
+                for gs, w in det.routes:
+                    n = gs.n + w * count
+                    gs.n = n if n > 0.0 else 0.0
+            if kind is DetectorKind.STOP_LINE:
+                self._discharge(det, reading, prev_ts)
+        elif kind is DetectorKind.QUEUE:
+            q = reading.queue_m
+            det.queue_m = q if q is not None and math.isfinite(q) and q >= 0 else None
+        elif kind is DetectorKind.PUSH_BUTTON:
+            if reading.pressed or count:
+                for g in det.info.groups:
+                    gs = self._groups[g]
+                    # A press during the crossing's own green is served by that green.
+                    if not gs.green and gs.ped_since is None:
+                        gs.ped_since = ts
+        elif kind is DetectorKind.BUS_REQUEST:
+            n_req = count or int(reading.presence and not det.last_presence)
+            det.last_presence = reading.presence
+            if n_req:
+                speed = reading.speed_mps if reading.speed_mps and reading.speed_mps > 0.5 else (
+                    self.config.bus_speed_mps
+                )
+                eta = ts + det.info.distance_m / speed
+                for g in det.info.groups:
+                    self._groups[g].buses.extend([(ts, eta)] * n_req)
+
+    def _discharge(self, det: _Det, reading: DetectorReading, prev_ts: float | None) -> None:
+        """Stop-line gap tracking and saturated-discharge measurement."""
+        ts = reading.ts
+        busy = reading.count > 0 or reading.occupancy > 0.0 or reading.presence
+        if busy:
+            det.empty_since = None
+        elif det.empty_since is None:
+            det.empty_since = prev_ts if prev_ts is not None else ts - det.info.report_period_s
+        if det.run_state == 0 or det.info.id in self._faulty:
+            return
+        if det.run_state == 1:
+            if ts <= det.run_start:
+                return
+            det.run_state = 2
+            det.run_deps = 0
+            det.run_last = det.run_start
+        det.run_deps += max(reading.count, 0)
+        if busy:
+            det.run_last = ts
+        if det.run_deps >= det.run_limit:
+            self._finish_run(det, ts)
+        elif det.empty_since is not None and ts - det.empty_since >= self.config.clear_gap_s:
+            self._finish_run(det, det.run_last)
+
+    def _finish_run(self, det: _Det, end: float) -> None:
+        cfg = self.config
+        # Readings end a 1 s interval: the last vehicle passed on average half
+        # an interval before the reading's timestamp.
+        duration = end - det.run_start - 0.5 * det.info.report_period_s
+        deps = det.run_deps
+        det.run_state = 0
+        if duration < cfg.min_sample_s or deps < cfg.min_sample_veh:
+            return
+        lam = cfg.saturation_forgetting
+        det.sat_d = lam * det.sat_d + deps
+        det.sat_t = lam * det.sat_t + duration
+
+    def observe_signals(self, now: float, green: Mapping[str, bool]) -> None:
+        """Which signal groups are green now (from the hardware's reported state).
+
+        Call about once per second; the fluid parts of the queue model, the
+        radar correction and the green-share smoothing advance here.
+        """
+        self._advance(now)
+        self._signals_seen = True
+        for g, is_green in green.items():
+            gs = self._groups.get(g)
+            if gs is None or is_green == gs.green:
+                continue
+            gs.green = is_green
+            if is_green:
+                if gs.green_start is not None:
+                    gs.cycle_s = now - gs.green_start
+                gs.green_start = now
+                gs.ped_since = None
+                self._start_runs(gs, now)
+            else:
+                if gs.green_start is not None:
+                    gs.last_green_s = now - gs.green_start
+                for det in self._members[g][DetectorKind.STOP_LINE]:
+                    if det.run_state == 2:
+                        self._finish_run(det, det.run_last)
+                    det.run_state = 0
+
+    def _start_runs(self, gs: _Group, now: float) -> None:
+        queue = self._queue_veh(gs)
+        stops = self._members[gs.id][DetectorKind.STOP_LINE]
+        total_lanes = sum(d.lanes * d.share for d in stops)
+        if queue < self.config.min_sample_veh or total_lanes <= 0:
+            return
+        for det in stops:
+            if det.info.id in self._faulty:
+                continue
+            det.run_state = 1
+            det.run_start = now + self.config.start_lost_s
+            det.run_limit = queue * det.lanes * det.share / total_lanes
+            det.run_deps = 0
+
+    def _advance(self, now: float) -> None:
+        if self._t is None:
+            self._t = now
+            for gs in self._groups.values():
+                gs.flow = self._flow(gs, now)[0]
+            return
+        dt = now - self._t
+        if dt <= 0:
+            return
+        self._t = now
+        cfg = self.config
+        k_radar = 1.0 - math.exp(-dt / cfg.radar_time_constant_s)
+        k_share = 1.0 - math.exp(-dt / cfg.flow_time_constant_s)
+        for gs in self._groups.values():
+            q = self._flow(gs, now)[0]
+            gs.flow = q
+            n = gs.n
+            if gs.fluid_in:
+                n += q * dt
+            if gs.fluid_out and gs.green:
+                n -= self._saturation(gs) * dt
+            moving = self._moving(gs)
+            target = self._radar_veh(gs, now)
+            if target is not None:
+                n += k_radar * (target + moving - n)
+            elif gs.green and not gs.fluid_out and self._gap(gs, now):
+                n = min(n, moving)
+            gs.n = n if n > 0.0 else 0.0
+            gs.green_share += k_share * (float(gs.green) - gs.green_share)
+            if gs.buses:
+                gs.buses = [
+                    (t0, eta) for t0, eta in gs.buses
+                    if now - t0 <= cfg.bus_request_timeout_s and not (gs.green and eta <= now)
+                ]
+
+    # -- derived quantities ------------------------------------------------------
+    def _rate(self, det: _Det, now: float) -> float | None:
+        """Count rate (veh/s) with an exponential kernel, normalised for the
+        observed span so the first minutes are not biased towards zero."""
+        if det.kts is None:
+            return None
+        tau = self.config.flow_time_constant_s
+        ksum = det.ksum * math.exp(-max(now - det.kts, 0.0) / tau)
+        norm = tau * -math.expm1(-max(now - det.kstart, 1e-9) / tau)
+        return ksum / norm
+
+    def _flow(self, gs: _Group, now: float) -> tuple[float, bool]:
+        """Arrival flow (veh/s) and whether it was measured."""
+        m = self._members[gs.id]
+        for kind in (DetectorKind.UPSTREAM, DetectorKind.STOP_LINE):
+            dets = m[kind]
+            if not dets:
+                continue
+            total = 0.0
+            weight = 0.0
+            for d in dets:
+                if d.info.id in self._faulty:
+                    continue
+                r = self._rate(d, now)
+                if r is None:
+                    continue
+                total += r * d.share
+                weight += d.lanes * d.share
+            if weight > 0:
+                full = sum(d.lanes * d.share for d in dets)
+                return total * full / weight, True
+        if gs.last_good_flow is not None:
+            return gs.last_good_flow, False
+        return self.config.default_flow_veh_h / 3600.0, False
+
+    def _saturation(self, gs: _Group) -> float:
+        """Saturation flow (veh/s of green): learned per stop-line detector, prior elsewhere."""
+        cfg = self.config
+        total = 0.0
+        covered = 0.0
+        for d in self._members[gs.id][DetectorKind.STOP_LINE]:
+            prior = d.prior_veh_s
+            w0 = cfg.saturation_prior_weight_s
+            s = (prior * w0 + d.sat_d) / (w0 + d.sat_t)
+            s = min(max(s, cfg.saturation_min_factor * prior), cfg.saturation_max_factor * prior)
+            total += s * d.share
+            covered += d.lanes * d.share
+        rest = max(gs.lanes - covered, 0.0)
+        return total + rest * cfg.saturation_per_lane_veh_h * gs.factor / 3600.0
+
+    def _moving(self, gs: _Group) -> float:
+        """Vehicles expected in motion between the upstream loop and the stop line."""
+        return gs.flow * gs.section_m / self.config.free_speed_mps
+
+    def _queue_veh(self, gs: _Group) -> float:
+        q = gs.n - self._moving(gs)
+        return q if q > 0.0 else 0.0
+
+    def _radar_veh(self, gs: _Group, now: float) -> float | None:
+        """Queued vehicles according to the healthy queue sensors, or None."""
+        if gs.w_queue <= 0:
+            return None
+        total = 0.0
+        seen = False
+        for d in self._members[gs.id][DetectorKind.QUEUE]:
+            if d.info.id in self._faulty or d.queue_m is None or d.last_ts is None:
+                continue
+            if now - d.last_ts > 2.0 * d.info.report_period_s:
+                continue
+            total += d.queue_m * d.lanes * d.share / self.config.jam_spacing_m
+            seen = True
+        return total * gs.w_queue if seen else None
+
+    def _gap(self, gs: _Group, now: float) -> bool:
+        """Every healthy stop-line loop of the group has been empty for the clearing gap."""
+        gap = self.config.clear_gap_s
+        # Emptiness before the green says nothing about the queue's discharge.
+        green_from = gs.green_start if gs.green_start is not None else now
+        any_det = False
+        for d in self._members[gs.id][DetectorKind.STOP_LINE]:
+            if d.info.id in self._faulty:
+                continue
+            any_det = True
+            if d.empty_since is None or now - max(d.empty_since, green_from) < gap:
+                return False
+        return any_det
+
+    # -- output ------------------------------------------------------------------
+    def estimate(
+        self,
+        now: float,
+        faulty: Mapping[str, object] | frozenset[str] = frozenset(),
+        green_split: Mapping[str, float] | None = None,
+        cycle_s: float | None = None,
+    ) -> Estimate:
+        """Snapshot per signal group and approach.
+
+        ``faulty`` (e.g. ``HealthMonitor.faulty()``) is applied before the
+        snapshot and stays in force until the next call or ``set_faulty``.
+        ``green_split`` maps a group to its effective green share g/C of the
+        running plan and ``cycle_s`` is its cycle; without them the observed
+        green share and the observed cycle of each group are used.
+        """
+        self.set_faulty(faulty)
+        self._advance(now)
+        cfg = self.config
+        groups: dict[str, GroupEstimate] = {}
+        for gs in self._groups.values():
+            m = self._members[gs.id]
+            has_vehicle = bool(
+                m[DetectorKind.STOP_LINE] or m[DetectorKind.UPSTREAM] or m[DetectorKind.QUEUE]
+            )
+            all_dets = [d for kind in DetectorKind for d in m[kind]]
+            data_ok = bool(all_dets) and not any(d.info.id in self._faulty for d in all_dets)
+            ped_wait = now - gs.ped_since if gs.ped_since is not None else 0.0
+            bus_eta = (
+                max(min(eta for _, eta in gs.buses) - now, 0.0) if gs.buses else None
+            )
+            if green_split is not None and gs.id in green_split:
+                share = green_split[gs.id]
+            elif gs.cycle_s and gs.last_green_s is not None:
+                # The last complete cycle: exact under fixed time, current under adaptive.
+                share = min(gs.last_green_s / gs.cycle_s, 1.0)
+            elif self._signals_seen:
+                share = gs.green_share
+            else:
+                share = 1.0
+            if has_vehicle or not all_dets:
+                flow, measured = self._flow(gs, now)
+                if measured and data_ok:
+                    gs.last_good_flow = flow
+                sat = self._saturation(gs) * 3600.0
+                flow_h = flow * 3600.0
+                queue = self._queue_veh(gs)
+                x = flow_h / (sat * max(share, cfg.min_green_share)) if sat > 0 else 0.0
+                cyc = cycle_s if cycle_s is not None else gs.cycle_s
+                delay = (
+                    hcm_delay_s(flow_h, sat, share, cyc, cfg.delay_analysis_period_h)
+                    if cyc is not None and share > 0
+                    else None
+                )
+                presence = any(
+                    d.empty_since is None and d.last_ts is not None
+                    for d in m[DetectorKind.STOP_LINE]
+                    if d.info.id not in self._faulty
+                )
+            else:
+                flow_h = sat = x = queue = 0.0
+                delay = None
+                presence = False
+            demand = (
+                not data_ok
+                or queue >= cfg.demand_queue_veh
+                or presence
+                or gs.ped_since is not None
+                or bool(gs.buses)
+            )
+            groups[gs.id] = GroupEstimate(
+                flow_veh_h=flow_h,
+                queue_veh=queue,
+                queue_m=queue * cfg.jam_spacing_m / max(gs.lanes, 1),
+                saturation_veh_h=sat,
+                degree_of_saturation=x,
+                demand=demand,
+                ped_waiting_s=ped_wait,
+                bus_eta_s=bus_eta,
+                data_ok=data_ok,
+                approach=gs.approach,
+                green_share=share,
+                delay_s=delay,
+            )
+        return Estimate(ts=now, groups=MappingProxyType(groups),
+                        approaches=MappingProxyType(_approaches(groups)))
+
+
+def _scale(all_dets: Sequence[_Det], healthy: Sequence[_Det]) -> float:
+    """Lane weight that scales the healthy detectors up to all the group's lanes."""
+    h = sum(d.lanes * d.share for d in healthy)
+    if h <= 0:
+        return 0.0
+    return sum(d.lanes * d.share for d in all_dets) / h
+
+
+def _approaches(groups: Mapping[str, GroupEstimate]) -> dict[str, ApproachEstimate]:
+    by: dict[str, list[GroupEstimate]] = {}
+    for ge in groups.values():
+        by.setdefault(ge.approach, []).append(ge)
+    out: dict[str, ApproachEstimate] = {}
+    for approach, ges in by.items():
+        flow = sum(g.flow_veh_h for g in ges)
+        weighted = [(g.flow_veh_h, g.delay_s) for g in ges if g.delay_s is not None]
+        wsum = sum(f for f, _ in weighted)
+        delay: float | None
+        if weighted and wsum > 0:
+            delay = sum(f * d for f, d in weighted if d is not None) / wsum
+        elif weighted:
+            delay = max(d for _, d in weighted if d is not None)
+        else:
+            delay = None
+        out[approach] = ApproachEstimate(
+            queue_m=max((g.queue_m for g in ges), default=0.0),
+            queue_veh=sum(g.queue_veh for g in ges),
+            flow_veh_h=flow,
+            delay_s=delay,
+        )
+    return out
