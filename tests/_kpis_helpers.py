@@ -63,21 +63,23 @@ def build_net(folder: Path) -> Path:
 
 def run_sumo(
     net: Path, run_dir: Path, *, routes: str = ROUTES, seed: int = 1, end_s: int = 300,
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), additional: tuple[Path, ...] = (),
 ) -> Path:
     """One ground-truth-style run into ``run_dir`` with the KPI options."""
     run_dir.mkdir(parents=True, exist_ok=True)
     route_file = run_dir / "routes.rou.xml"
     route_file.write_text(routes, encoding="utf-8")
-    additional = tls_states_additional(run_dir, TLS_ID)
-    subprocess.run(
+    adds = ",".join(str(a) for a in (*additional, tls_states_additional(run_dir, TLS_ID)))
+    done = subprocess.run(
         [
-            str(BIN / "sumo"), "-n", str(net), "-r", str(route_file), "-a", str(additional),
+            str(BIN / "sumo"), "-n", str(net), "-r", str(route_file), "-a", adds,
             "--end", str(end_s), "--seed", str(seed), "--no-step-log", "true",
             "--no-warnings", "true", *kpi_sumo_args(run_dir), *extra,
         ],
-        check=True, capture_output=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"sumo failed: {done.stderr.strip()}")
     return run_dir
 
 
