@@ -62,8 +62,16 @@ def webster_plan(
 ) -> WebsterResult:
     """Webster cycle and split for ``sequence`` given per-group flow ratios q/s."""
     seq = tuple(sequence)
+    # Pedestrian groups have no flow ratio: their needs enter as minimum greens.
     y_stage = tuple(
-        max((max(0.0, flow_ratio.get(g, 0.0)) for g in junction.stage(s).groups), default=0.0)
+        max(
+            (
+                max(0.0, flow_ratio.get(g, 0.0))
+                for g in junction.stage(s).groups
+                if junction.group(g).is_vehicular
+            ),
+            default=0.0,
+        )
         for s in seq
     )
     y_total = sum(y_stage)
