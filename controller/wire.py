@@ -382,6 +382,9 @@ class ReadingGate:
         bad = [d for d in detectors if not ID_PATTERN.fullmatch(d)]
         if bad:
             raise ValueError(f"detector ids not topic-safe: {sorted(bad)}")
+        mismatched = [k for k, info in detectors.items() if info.id != k]
+        if mismatched:
+            raise ValueError(f"detector map keys differ from their ids: {sorted(mismatched)}")
         if max_payload_bytes <= 0 or max_future_s < 0 or max_age_s <= 0 or restart_max_seq < 0:
             raise ValueError("gate limits must be positive")
         self.junction = junction
@@ -452,7 +455,12 @@ def _decode(kind: TopicKind, payload: bytes, topic: str) -> dict[str, Any] | Rej
         obj = parse_json(payload)
     except ValueError as exc:
         return Rejected(RejectReason.MALFORMED_JSON, _clip(str(exc)), _clip(topic))
-    errors = sorted(_VALIDATORS[kind].iter_errors(obj), key=lambda e: list(e.absolute_path))
+    # Shallowest error first: it names the field a person would fix first, and
+    # stringified paths keep the order total when array indices meet object keys.
+    errors = sorted(
+        _VALIDATORS[kind].iter_errors(obj),
+        key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]),
+    )
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"

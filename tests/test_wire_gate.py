@@ -172,6 +172,8 @@ def test_wire_gate_refuses_unsafe_ids() -> None:
     bad = {"a#1": DETECTORS["W_q"]}
     with pytest.raises(ValueError, match="topic-safe"):
         ReadingGate(bad, JUNCTION)
+    with pytest.raises(ValueError, match="differ"):
+        ReadingGate({"W_queue": DETECTORS["W_q"]}, JUNCTION)
 
 
 # -- a stream of good and bad messages -----------------------------------------
