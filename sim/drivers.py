@@ -51,6 +51,11 @@ class SignalDriver(Protocol):
         """Finish and report driver statistics (plans pushed, fallbacks, ...)."""
 
 
+# A driver may also define ``observe_truth(sumo_module, now)``: the field then calls it every
+# second with the ground-truth simulation.  Only evaluation drivers named as such ("oracle")
+# may do this; the test suite proves the adaptive driver does not.
+
+
 DriverFactory = Callable[[DriverContext], SignalDriver]
 _REGISTRY: dict[str, DriverFactory] = {}
 

@@ -218,7 +218,7 @@ def run_one(case: Case, controller: str, seed: int, out_dir: Path, progress: boo
     kpis = compute_kpis(
         run_dir, scenario=case.label, controller=controller, seed=seed,
         warmup_s=case.begin_s + case.warmup_s, end_s=case.end_s, occupancy=occupancy,
-        wall_time_s=result.wall_time_s, vtype_classes=vtype_classes_from_xml(route_files),
+        wall_time_s=result.wall_time_s, vtype_classes=vtype_classes_from_xml((*route_files, *extra_adds)),
     )
     (run_dir / "run.json").write_text(json.dumps({
         "case": {k: str(v) for k, v in asdict(case).items()},
