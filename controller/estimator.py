@@ -667,8 +667,10 @@ class Estimator:
         ``faulty`` (e.g. ``HealthMonitor.faulty()``) is applied before the
         snapshot and stays in force until the next call or ``set_faulty``.
         ``green_split`` maps a group to its effective green share g/C of the
-        running plan and ``cycle_s`` is its cycle; without them the observed
-        green share and the observed cycle of each group are used.
+        running plan and ``cycle_s`` is its cycle; without them each group's
+        green share and cycle as observed over its last complete cycle are used
+        (a smoothed share before the first complete cycle, 1.0 before any
+        signal state was seen).
         """
         self.set_faulty(faulty)
         self._advance(now)
