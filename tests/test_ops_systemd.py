@@ -1,0 +1,114 @@
+"""The systemd unit, checked by the real systemd-analyze (offline; no running systemd here)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "ops" / "systemd" / "atsc@.service"
+MAX_EXPOSURE = 2.0
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _directives(path: Path) -> dict[str, list[str]]:
+    section = ""
+    found: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        found.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return found
+
+
+def exposure_level(unit: Path) -> tuple[float, str]:
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, f"no exposure line (rc {result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return float(match.group(1)), result.stdout
+
+
+def test_security_exposure_is_at_most_2() -> None:
+    score, report = exposure_level(UNIT)
+    assert score <= MAX_EXPOSURE, report
+
+
+def test_exposure_parser_sees_a_bad_unit(tmp_path: Path) -> None:
+    # Guards the parser: an unhardened unit must score far above the limit.
+    bare = tmp_path / "bare.service"
+    bare.write_text("[Service]\nExecStart=/bin/true\n")
+    score, report = exposure_level(bare)
+    assert score > 5.0, report
+
+
+def test_verify_offline(tmp_path: Path) -> None:
+    """systemd-analyze verify inside a throw-away root.
+
+    verify insists the ExecStart binary exists and is executable; /opt/atsc exists only
+    on an installed host, so the root gets an executable placeholder at that path. All
+    other checks (unknown keys, bad values, specifiers) run unchanged.
+    """
+    root = tmp_path / "root"
+    exe = root / "opt/atsc/.venv/bin/atsc"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    shutil.copy(UNIT, units / UNIT.name)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no", "--recursive-errors=no",
+         "atsc@schlosskreuzung.service"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+    # The same check must reject a unit with a typo, or it proves nothing.
+    (units / UNIT.name).write_text(UNIT.read_text().replace("Type=notify", "Type=notifyy"))
+    bad = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no", "--recursive-errors=no",
+         "atsc@schlosskreuzung.service"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert bad.returncode != 0, bad.stderr
+    assert "notifyy" in bad.stderr
+
+
+def test_unit_keeps_the_service_contract() -> None:
+    d = _directives(UNIT)
+    expected = {
+        "Service.Type": ["notify"],
+        "Service.NotifyAccess": ["main"],
+        "Service.Restart": ["on-failure"],
+        "Service.DynamicUser": ["yes"],
+        "Service.NoNewPrivileges": ["yes"],
+        "Service.CapabilityBoundingSet": [""],
+        "Service.AmbientCapabilities": [""],
+        "Service.ProtectSystem": ["strict"],
+        "Service.RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"],
+        "Service.SystemCallFilter": ["@system-service", "~@privileged @resources"],
+        "Service.UMask": ["0077"],
+        "Service.TimeoutStopSec": ["10s"],
+        "Service.ExecStart": ["/opt/atsc/.venv/bin/atsc serve --config /etc/atsc/%i.toml"],
+    }
+    for key, value in expected.items():
+        assert d.get(key) == value, key
+    watchdog = d["Service.WatchdogSec"][0]
+    assert re.fullmatch(r"\d+s", watchdog) and 5 <= int(watchdog[:-1]) <= 30
+    credentials = {v.split(":", 1)[0] for v in d["Service.LoadCredential"]}
+    assert {"mqtt-password", "mqtt-client.key"} <= credentials
