@@ -96,6 +96,8 @@ class ConflictMonitor:
                     self._conflicts[j].append((i, junction.z(gi, gj)))
         self._t = start_second
         self._prev: dict[str, str] | None = None
+        # A caller that repeats the same mapping object skips the comparison.
+        self._prev_ref: Mapping[str, str] | None = None
         self._state: list[str] = [""] * n
         self._run_start: list[int] = [0] * n
         self._run_known: list[bool] = [False] * n
@@ -132,7 +134,7 @@ class ConflictMonitor:
         """Check the states shown in one second; return the faults first seen in it."""
         t = self._t
         self._t = t + 1
-        if states == self._prev and t < self._deadline:
+        if (states is self._prev_ref or states == self._prev) and t < self._deadline:
             return []
         faults: list[Fault] = []
         if len(states) != len(self._ids) or any(g not in self._index for g in states):
@@ -170,6 +172,7 @@ class ConflictMonitor:
         self._check_conflicts(nonred, t, faults)
         self._check_starvation(t, faults)
         self._prev = dict(states)
+        self._prev_ref = states
         return faults
 
     # -- internals -------------------------------------------------------------
@@ -308,7 +311,12 @@ def expand_program(junction: JunctionSignals, program: SignalProgram) -> list[di
         mask = _green_mask(program, g.id)
         line = _paint(mask * (2 * copies + 1), g.yellow_s, g.red_yellow_s)
         per_group[g.id] = line[copies * n:(copies + 1) * n]
-    return [{gid: per_group[gid][t] for gid in per_group} for t in range(n)]
+    out: list[dict[str, str]] = []
+    for t in range(n):
+        states = {gid: line[t] for gid, line in per_group.items()}
+        # Seconds without a change share one mapping, which the monitor recognises cheaply.
+        out.append(out[-1] if out and out[-1] == states else states)
+    return out
 
 
 def _program_faults(junction: JunctionSignals, program: SignalProgram, label: str) -> list[Fault]:

@@ -114,6 +114,8 @@ def stage_plans(draw: st.DrawFn) -> SignalProgram:
         greens = [draw(st.integers(f, f + 8)) for f in floors]
     else:
         greens = [draw(st.integers(0, 25)) for _ in cleaned]
+    if len(cleaned) == 1:
+        greens[0] = max(greens[0], 1)
     return compile_plan(J, StagePlan(tuple(cleaned), tuple(greens)), "a")
 
 
