@@ -112,3 +112,48 @@ def test_unit_keeps_the_service_contract() -> None:
     assert re.fullmatch(r"\d+s", watchdog) and 5 <= int(watchdog[:-1]) <= 30
     credentials = {v.split(":", 1)[0] for v in d["Service.LoadCredential"]}
     assert {"mqtt-password", "mqtt-client.key"} <= credentials
+
+
+_PT_GNU_STACK = 0x6474E551
+_PF_X = 0x1
+
+
+def _needs_executable_stack(path: Path) -> bool:
+    """True if an ELF object's PT_GNU_STACK header asks for an executable stack."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:  # only ELF64 is shipped here
+            return False
+        order = "little" if header[5] == 1 else "big"
+        phoff = int.from_bytes(header[32:40], order)
+        phentsize = int.from_bytes(header[54:56], order)
+        phnum = int.from_bytes(header[56:58], order)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    for i in range(phnum):
+        entry = table[i * phentsize:(i + 1) * phentsize]
+        if int.from_bytes(entry[0:4], order) == _PT_GNU_STACK:
+            return bool(int.from_bytes(entry[4:8], order) & _PF_X)
+    # No header at all means the loader assumes an executable stack.
+    return True
+
+
+def test_native_libraries_work_under_memory_deny_write_execute() -> None:
+    """MemoryDenyWriteExecute=yes makes the loader fail on libraries that need an
+    executable stack; none of the service's native dependencies may ask for one."""
+    assert _directives(UNIT)["Service.MemoryDenyWriteExecute"] == ["yes"]
+    import importlib.util
+
+    checked = 0
+    for package in ("numpy", "scipy", "libsumo", "sumo"):
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, package
+        for location in spec.submodule_search_locations:
+            # Wheels repaired by auditwheel keep bundled libraries (OpenBLAS) next
+            # to the package in <package>.libs.
+            bundled = Path(location).parent / f"{package}.libs"
+            for lib in [*Path(location).rglob("*.so*"), *bundled.glob("*.so*")]:
+                if lib.is_file():
+                    assert not _needs_executable_stack(lib), lib
+                    checked += 1
+    assert checked > 10
