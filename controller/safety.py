@@ -98,7 +98,8 @@ class SafetyLimits:
     ``crossing_m``: length of each pedestrian crossing (Furtlänge); a
     pedestrian green must last long enough to reach the middle of it at
     ``walking_speed_mps``.  ``all_red_s`` and ``max_cycle_s`` default to the
-    junction's own values; the cycle can never exceed ``CYCLE_CEILING_S``.
+    junction's own values (set them to override those); no cycle may exceed
+    ``CYCLE_CEILING_S``.
     """
 
     yellow_by_speed_kmh: Mapping[int, int] = field(default_factory=_default_yellow, hash=False)
@@ -142,7 +143,7 @@ class SafetyLimits:
 
     def cycle_limit(self, junction: JunctionSignals) -> int:
         own = junction.max_cycle_s if self.max_cycle_s is None else self.max_cycle_s
-        return min(own, junction.max_cycle_s, CYCLE_CEILING_S)
+        return min(own, CYCLE_CEILING_S)
 
 
 #: The limits of safety.md with the junction's own cycle and all-red values.
