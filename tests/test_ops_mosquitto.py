@@ -275,3 +275,24 @@ def test_plain_broker_survives_kill_and_restart_on_the_same_port(tmp_path: Path)
         assert broker.pid != pid
         assert asyncio.run(roundtrip(broker, b"after")) == b"after"
     assert not broker.running
+
+
+def test_oversized_packet_is_refused(secure: MosquittoBroker) -> None:
+    async def scenario() -> tuple[str, bytes]:
+        service = aiomqtt.Client(**secure.client_kwargs(service_identity(J)), timeout=5)
+        async with service:
+            await service.subscribe(f"{DET}/#", qos=1)
+            # max_packet_size 65536: the broker drops the client that sends more.
+            with contextlib.suppress(aiomqtt.MqttError):
+                async with aiomqtt.Client(
+                    **secure.client_kwargs(detector_identity("D1", J)), timeout=5
+                ) as d1:
+                    await d1.publish(f"{DET}/D1", b"x" * 70_000, qos=0)
+            async with aiomqtt.Client(
+                **secure.client_kwargs(detector_identity("D1", J)), timeout=5
+            ) as d1:
+                await d1.publish(f"{DET}/D1", b"small", qos=1)
+            msg = await _next_message(service)
+            return msg.topic.value, bytes(msg.payload)  # type: ignore[arg-type]
+
+    assert asyncio.run(scenario()) == (f"{DET}/D1", b"small")

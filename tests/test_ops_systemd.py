@@ -145,13 +145,15 @@ def test_native_libraries_work_under_memory_deny_write_execute() -> None:
     import importlib.util
 
     checked = 0
-    for package in ("numpy", "scipy", "libsumo", "sumo"):
+    # (import name, distribution name used for the <name>.libs directory)
+    for package, dist in (("numpy", "numpy"), ("scipy", "scipy"), ("libsumo", "libsumo"),
+                          ("sumo", "eclipse_sumo")):
         spec = importlib.util.find_spec(package)
         assert spec is not None and spec.submodule_search_locations, package
         for location in spec.submodule_search_locations:
             # Wheels repaired by auditwheel keep bundled libraries (OpenBLAS) next
             # to the package in <package>.libs.
-            bundled = Path(location).parent / f"{package}.libs"
+            bundled = Path(location).parent / f"{dist}.libs"
             for lib in [*Path(location).rglob("*.so*"), *bundled.glob("*.so*")]:
                 if lib.is_file():
                     assert not _needs_executable_stack(lib), lib
