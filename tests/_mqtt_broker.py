@@ -118,7 +118,8 @@ def render_secure_config(
     ]
     text = source
     for pattern, replacement in substitutions:
-        text, n = re.subn(pattern, lambda _m, r=replacement: r, text)
+        # A literal replacement: paths must not be read as regex group references.
+        text, n = re.subn(pattern, replacement.replace("\\", "\\\\"), text)
         if n != 1:
             raise ValueError(f"production mosquitto.conf: expected one match of {pattern!r}")
     if "/etc/mosquitto/atsc/" not in text:
