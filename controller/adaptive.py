@@ -1,0 +1,693 @@
+"""The adaptive controller core: a sans-I/O state machine from detector messages to plans.
+
+Inputs are the messages of the wire contract (detector readings, hardware
+states, plan acknowledgements) and the caller's ``now``; outputs are
+``PlanCommand`` values.  The core reads no clock, opens no socket and knows
+no SUMO: the candidate evaluator (the SUMO twin in production) and the
+optimiser are injected, and a shell (``controller.transport.exchange``)
+moves messages between a transport and the core.
+
+Once per running cycle, ``decision_lead_s`` before the hardware's next
+switch point, a *decision epoch* runs:
+
+1. health (safety.md D1/D2, D5): if too many detectors are faulty, push
+   nothing, so the hardware's lease on the running plan lapses and it
+   returns to its own fallback program;
+2. estimate demand and queues per signal group;
+3. the optimiser proposes candidate programs;
+4. the evaluator scores every candidate and the running program over its
+   horizon (person delay);
+5. walking the candidates from best to worst: a candidate must beat the
+   running program by ``margin`` and pass the safety gate
+   (``controller.safety.validate``, including the switch from the running
+   program and the switch back to the fallback); the first that does is
+   pushed with a lease.  A candidate that fails the gate is never pushed;
+6. otherwise the running adaptive program's lease is renewed (a new command
+   with the same program and a new sequence number).
+
+Every epoch leaves a ``Decision`` record (scores, choice, reason, latency
+parts) for logs and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from controller.estimator import Estimate, Estimator, EstimatorConfig, green_from_state, hcm_delay_s
+from controller.health import Degradation, HealthConfig, HealthMonitor, assess
+from controller.messages import (
+    AckStatus,
+    DetectorInfo,
+    DetectorReading,
+    HardwareState,
+    PlanAck,
+    PlanCommand,
+)
+from controller.plans import SignalProgram, compile_plan, stage_green_times
+from controller.safety import DEFAULT_LIMITS, SafetyLimits, Violation, validate, validate_switch
+from controller.signals import JunctionSignals
+from controller.webster import webster_plan
+
+# -- injected parts ---------------------------------------------------------------
+
+
+class Score(Protocol):
+    """What the core reads of an evaluator's score (``controller.twin.TwinScore``)."""
+
+    @property
+    def program_id(self) -> str: ...
+
+    @property
+    def person_delay_s(self) -> float: ...
+
+
+class Evaluator(Protocol):
+    """Scores signal programs from a snapshot (``controller.twin.SumoTwin``)."""
+
+    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> Sequence[Score]: ...
+
+
+class Candidate(Protocol):
+    """What the core reads of a proposed candidate (``controller.optimiser.Candidate``)."""
+
+    @property
+    def program(self) -> SignalProgram: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def analytic_delay_s(self) -> float: ...
+
+
+class Proposer(Protocol):
+    """Candidate generator (``controller.optimiser.propose`` with its config bound)."""
+
+    def __call__(
+        self,
+        junction: JunctionSignals,
+        estimate: Estimate,
+        running: SignalProgram,
+        fallback: SignalProgram,
+        *,
+        program_prefix: str,
+    ) -> Sequence[Candidate]: ...
+
+
+class SnapshotSource(Protocol):
+    """Builds the evaluator's starting state from messages (``controller.twin.SnapshotBuilder``)."""
+
+    def observe(self, reading: DetectorReading) -> None: ...
+
+    def observe_state(self, state: HardwareState) -> None: ...
+
+    def snapshot(
+        self, now: float, estimate: Estimate, running: SignalProgram, cycle_second: int
+    ) -> Any: ...
+
+
+class Perception(Protocol):
+    """Everything the core knows about traffic: health, estimate, evaluator snapshot.
+
+    ``DetectorPerception`` is the only implementation the service uses; the
+    evaluation-only oracle (``sim.adaptive_driver``) swaps in ground truth.
+    """
+
+    def on_reading(self, reading: DetectorReading, now: float) -> None: ...
+
+    def on_state(self, state: HardwareState) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def degradation(self) -> Degradation: ...
+
+    def estimate(self, now: float, running: SignalProgram) -> Estimate: ...
+
+    def snapshot(
+        self, now: float, estimate: Estimate, running: SignalProgram, cycle_second: int
+    ) -> Any: ...
+
+
+class DetectorPerception:
+    """Detector health (D1/D2), the estimator and the twin snapshot, fed by messages only."""
+
+    def __init__(
+        self,
+        junction: JunctionSignals,
+        detectors: Sequence[DetectorInfo],
+        snapshots: SnapshotSource,
+        *,
+        health: HealthConfig | None = None,
+        estimator: EstimatorConfig | None = None,
+        lanes_per_group: Mapping[str, int] | None = None,
+        turns: Mapping[str, str] | None = None,
+    ) -> None:
+        self.junction = junction
+        self.detectors = tuple(detectors)
+        self.monitor = HealthMonitor(self.detectors, health)
+        self.estimator = Estimator(self.detectors, lanes_per_group, estimator, turns)
+        self.snapshots = snapshots
+        self.fault_transitions = 0
+
+    def on_reading(self, reading: DetectorReading, now: float) -> None:
+        events = self.monitor.observe(reading, now)
+        self.fault_transitions += sum(1 for e in events if e.new is not None)
+        self.estimator.observe(reading)
+        self.snapshots.observe(reading)
+
+    def on_state(self, state: HardwareState) -> None:
+        self.estimator.observe_signals(state.ts, green_from_state(state, self.junction.group_ids))
+        self.snapshots.observe_state(state)
+
+    def tick(self, now: float) -> None:
+        events = self.monitor.tick(now)
+        self.fault_transitions += sum(1 for e in events if e.new is not None)
+
+    def degradation(self) -> Degradation:
+        return assess(self.detectors, self.monitor.faulty(), self.monitor.config)
+
+    def estimate(self, now: float, running: SignalProgram) -> Estimate:
+        split = {g: s / running.cycle_s for g, s in stage_green_times(running).items()}
+        return self.estimator.estimate(
+            now, self.monitor.faulty(), green_split=split, cycle_s=running.cycle_s
+        )
+
+    def snapshot(
+        self, now: float, estimate: Estimate, running: SignalProgram, cycle_second: int
+    ) -> Any:
+        return self.snapshots.snapshot(now, estimate, running, cycle_second)
+
+
+# -- configuration and records ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Parameters of the decision loop (see docs/adaptive.md)."""
+
+    #: A candidate must beat the running program's predicted person delay by this share.
+    margin: float = 0.03
+    #: ... and by at least this many seconds per person (twin noise is not an improvement).
+    min_gain_s: float = 0.2
+    #: Lease of a pushed or renewed plan, in cycles of that plan.  Above 2 + lead/cycle,
+    #: one missed renewal costs nothing; a lost service hands back within 2-3 cycles.
+    lease_cycles: float = 2.5
+    #: Seconds before the next switch point at which a decision epoch runs; capped at
+    #: half the running cycle so a missed renewal is still covered by the lease.
+    decision_lead_s: int = 12
+    #: A hardware state older than this means no contact with the hardware: no epoch.
+    max_state_age_s: float = 5.0
+    #: Program ids are ``<prefix><epoch>...``; must satisfy the wire id pattern.
+    program_prefix: str = "atsc"
+    #: Rule values of the safety gate (never changed by the optimiser).
+    limits: SafetyLimits = DEFAULT_LIMITS
+    #: Decision records kept for logs and metrics.
+    history: int = 500
+    #: Programs the core remembers by id (to recognise what the hardware runs).
+    remembered_programs: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError("margin must be within [0, 1)")
+        if self.min_gain_s < 0:
+            raise ValueError("min_gain_s must not be negative")
+        if self.lease_cycles <= 1.0:
+            raise ValueError("lease_cycles must exceed 1 (a plan must survive its first cycle)")
+        if self.decision_lead_s < 1:
+            raise ValueError("decision_lead_s must be at least 1 s")
+        if self.history < 1 or self.remembered_programs < 2:
+            raise ValueError("history and remembered_programs must be positive")
+
+
+class Outcome(StrEnum):
+    """What a decision epoch did."""
+
+    #: A new plan was pushed.
+    PUSHED = "pushed"
+    #: The running program stays (its lease renewed when it is an adaptive plan).
+    KEPT = "kept"
+    #: Adaptive control not allowed (detector health): nothing pushed, the lease lapses.
+    FALLBACK = "fallback"
+    #: Optimiser or evaluator failed, or the running program is unknown: nothing pushed.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRecord:
+    """One candidate as the decision saw it."""
+
+    program_id: str
+    label: str
+    analytic_delay_s: float | None
+    #: Evaluator's person delay; ``None`` when the evaluator gave no score.
+    person_delay_s: float | None
+    #: Safety-gate violations; ``None`` when the gate was not reached for it.
+    violations: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Where a decision's time went, seconds (zeros without an injected timer)."""
+
+    estimate_s: float = 0.0
+    propose_s: float = 0.0
+    snapshot_s: float = 0.0
+    evaluate_s: float = 0.0
+    validate_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Diagnostics of one decision epoch."""
+
+    ts: float
+    epoch: int
+    outcome: Outcome
+    reason: str
+    running_id: str
+    running_delay_s: float | None
+    candidates: tuple[CandidateRecord, ...]
+    #: Program id pushed (PUSHED) or renewed (KEPT with a renewal), else ``None``.
+    chosen: str | None
+    renewed: bool
+    latency: Latency
+    #: Switch point the epoch prepared for (hardware time).
+    switch_at: float
+
+
+@dataclass
+class CoreStats:
+    """Counters over the core's life (for metrics and run reports)."""
+
+    decisions: int = 0
+    plans_pushed: int = 0
+    renewals: int = 0
+    acks_accepted: int = 0
+    rejected_by_hardware: int = 0
+    #: Candidates refused by the safety gate, per rule (V1-V6, D4).
+    rejected_by_rule: Counter[str] = field(default_factory=Counter)
+    #: Epochs in which adaptive control was not allowed.
+    fallback_decisions: int = 0
+    #: Changes from "adaptive allowed" to "not allowed" (hand-overs to the fallback).
+    handovers: int = 0
+    failures: int = 0
+    hardware_reject_reasons: list[str] = field(default_factory=list)
+
+
+def _no_clock() -> float:
+    return 0.0
+
+
+# -- the core ---------------------------------------------------------------------
+
+
+class AdaptiveCore:
+    """Sans-I/O adaptive controller for one junction.
+
+    ``fallback`` is the program stored in the hardware (the core needs it for
+    the switch-back check and as the reference while the hardware runs it).
+    ``timer`` only measures decision latency; it never influences a
+    decision, so a replay with another timer issues the same commands.
+    ``first_seq`` lets a restarted service continue above sequence numbers the
+    hardware has already seen.
+    """
+
+    def __init__(
+        self,
+        junction: JunctionSignals,
+        fallback: SignalProgram,
+        *,
+        perception: Perception,
+        proposer: Proposer,
+        evaluator: Evaluator,
+        config: AdaptiveConfig | None = None,
+        timer: Callable[[], float] = _no_clock,
+        first_seq: int = 1,
+    ) -> None:
+        self.junction = junction
+        self.fallback = fallback
+        self.perception = perception
+        self.proposer = proposer
+        self.evaluator = evaluator
+        self.config = config or AdaptiveConfig()
+        self.stats = CoreStats()
+        self.decisions: deque[Decision] = deque(maxlen=self.config.history)
+        self._timer = timer
+        self._seq = first_seq - 1
+        self._epoch = 0
+        self._state: HardwareState | None = None
+        # Programs this core pushed, by id, so a reported program id can be resolved.
+        self._programs: dict[str, SignalProgram] = {fallback.id: fallback}
+        self._decided_switch: float | None = None
+        self._adaptive_allowed = False
+        self._last_push_seq: int | None = None
+        self._renew_now = False
+
+    # -- inputs ----------------------------------------------------------------
+    def on_reading(self, reading: DetectorReading, now: float) -> None:
+        self.perception.on_reading(reading, now)
+
+    def on_state(self, state: HardwareState) -> None:
+        if self._state is not None and state.ts < self._state.ts:
+            return
+        self._state = state
+        self.perception.on_state(state)
+
+    def on_ack(self, ack: PlanAck) -> None:
+        if ack.status is AckStatus.ACCEPTED:
+            self.stats.acks_accepted += 1
+            return
+        self.stats.rejected_by_hardware += 1
+        if len(self.stats.hardware_reject_reasons) < 50:
+            self.stats.hardware_reject_reasons.append(f"{ack.program_id}: {ack.reason}")
+        if ack.seq == self._last_push_seq and self._adaptive_allowed:
+            # The new plan was refused; keep the running adaptive plan alive rather
+            # than dropping to the fallback for a plan the hardware did not want.
+            self._renew_now = True
+
+    # -- time --------------------------------------------------------------------
+    def tick(self, now: float) -> list[PlanCommand]:
+        """Advance the clock; returns the plan commands to publish now (usually none)."""
+        self.perception.tick(now)
+        state = self._state
+        if state is None or now - state.ts > self.config.max_state_age_s:
+            return []
+        running = self._programs.get(state.program_id)
+        out: list[PlanCommand] = []
+        if self._renew_now:
+            self._renew_now = False
+            if running is not None and not state.fallback:
+                out.append(self._command(running, now))
+                self.stats.renewals += 1
+        cycle = running.cycle_s if running is not None else self.fallback.cycle_s
+        switch_at = state.ts + cycle - state.cycle_second
+        lead = min(self.config.decision_lead_s, max(1, cycle // 2))
+        if self._decided_switch is not None and abs(switch_at - self._decided_switch) < 0.5:
+            return out
+        if switch_at - now > lead:
+            return out
+        self._decided_switch = switch_at
+        return out + self._decide(now, state, running, switch_at)
+
+    # -- decisions ---------------------------------------------------------------
+    def _decide(
+        self, now: float, state: HardwareState, running: SignalProgram | None, switch_at: float
+    ) -> list[PlanCommand]:
+        cfg = self.config
+        clock = self._timer
+        t0 = clock()
+        self._epoch += 1
+        self.stats.decisions += 1
+        epoch = self._epoch
+        adaptive_plan = running is not None and not state.fallback
+
+        def record(
+            outcome: Outcome,
+            reason: str,
+            *,
+            running_delay: float | None = None,
+            candidates: tuple[CandidateRecord, ...] = (),
+            chosen: str | None = None,
+            renewed: bool = False,
+            latency: Latency | None = None,
+        ) -> None:
+            self.decisions.append(
+                Decision(
+                    ts=now, epoch=epoch, outcome=outcome, reason=reason,
+                    running_id=state.program_id, running_delay_s=running_delay,
+                    candidates=candidates, chosen=chosen, renewed=renewed,
+                    latency=latency or Latency(total_s=clock() - t0), switch_at=switch_at,
+                )
+            )
+
+        degradation = self.perception.degradation()
+        if not degradation.adaptive_allowed:
+            if self._adaptive_allowed:
+                self.stats.handovers += 1
+            self._adaptive_allowed = False
+            self.stats.fallback_decisions += 1
+            record(Outcome.FALLBACK, f"adaptive control suspended: {degradation.reason}")
+            return []
+        self._adaptive_allowed = True
+        if running is None:
+            self.stats.failures += 1
+            record(Outcome.FAILED, f"hardware runs {state.program_id!r}, unknown to this service")
+            return []
+
+        t1 = clock()
+        try:
+            estimate = self.perception.estimate(now, running)
+            t2 = clock()
+            proposed = list(
+                self.proposer(
+                    self.junction, estimate, running, self.fallback,
+                    program_prefix=f"{cfg.program_prefix}{epoch}",
+                )
+            )
+            t3 = clock()
+            snapshot = self.perception.snapshot(now, estimate, running, state.cycle_second)
+            t4 = clock()
+            scores = {
+                s.program_id: float(s.person_delay_s)
+                for s in self.evaluator.evaluate(
+                    snapshot, [running, *(c.program for c in proposed)]
+                )
+            }
+            t5 = clock()
+        except Exception as exc:
+            # A broken optimiser or twin must not take the controller down: the
+            # running plan is simply not renewed, and the hardware falls back.
+            self.stats.failures += 1
+            record(Outcome.FAILED, f"decision failed: {type(exc).__name__}: {exc}")
+            return []
+
+        running_delay = scores.get(running.id)
+        usable = [c for c in proposed if c.program.id != running.id]
+        ranked = sorted(
+            (c for c in usable if _finite(scores.get(c.program.id))),
+            key=lambda c: (scores[c.program.id], c.program.id),
+        )
+        records = {
+            c.program.id: CandidateRecord(
+                c.program.id, c.label, _float_or_none(c.analytic_delay_s),
+                scores.get(c.program.id),
+            )
+            for c in usable
+        }
+        chosen: SignalProgram | None = None
+        reason = "no candidate proposed" if not usable else "no candidate scored"
+        if not _finite(running_delay):
+            reason = "running program has no score"
+            ranked = []
+        for cand in ranked:
+            assert running_delay is not None
+            delay = scores[cand.program.id]
+            gain = running_delay - delay
+            if delay > running_delay * (1.0 - cfg.margin) or gain < cfg.min_gain_s:
+                reason = (
+                    f"best candidate {cand.program.id} {delay:.1f} s vs running "
+                    f"{running_delay:.1f} s: within the {cfg.margin:.0%} margin"
+                )
+                break
+            violations = self._gate(cand.program, running)
+            records[cand.program.id] = CandidateRecord(
+                cand.program.id, cand.label, _float_or_none(cand.analytic_delay_s), delay,
+                tuple(v.message for v in violations),
+            )
+            if violations:
+                for rule in sorted({v.rule for v in violations}):
+                    self.stats.rejected_by_rule[rule] += 1
+                reason = f"{cand.program.id} refused by the safety gate"
+                continue
+            chosen = cand.program
+            reason = (
+                f"{cand.program.id} ({cand.label}) {delay:.1f} s beats running "
+                f"{running_delay:.1f} s by {gain / running_delay:.1%}"
+            )
+            break
+        t6 = clock()
+        latency = Latency(
+            estimate_s=t2 - t1, propose_s=t3 - t2, snapshot_s=t4 - t3, evaluate_s=t5 - t4,
+            validate_s=t6 - t5, total_s=t6 - t0,
+        )
+        cand_records = tuple(records[c.program.id] for c in usable)
+        if chosen is not None:
+            cmd = self._command(chosen, now)
+            self._last_push_seq = cmd.seq
+            self._remember(chosen)
+            self.stats.plans_pushed += 1
+            record(Outcome.PUSHED, reason, running_delay=running_delay,
+                   candidates=cand_records, chosen=chosen.id, latency=latency)
+            return [cmd]
+        if adaptive_plan:
+            self.stats.renewals += 1
+            record(Outcome.KEPT, reason, running_delay=running_delay, candidates=cand_records,
+                   chosen=running.id, renewed=True, latency=latency)
+            return [self._command(running, now)]
+        record(Outcome.KEPT, reason, running_delay=running_delay, candidates=cand_records,
+               latency=latency)
+        return []
+
+    def _gate(self, program: SignalProgram, running: SignalProgram) -> tuple[Violation, ...]:
+        """The safety gate: the program, the switch to it, and the switch back to the fallback.
+
+        The hardware returns to its fallback on its own whenever the lease lapses,
+        so that switch must be safe too (it checks it before accepting).
+        """
+        limits = self.config.limits
+        own = validate(self.junction, program, previous=running, limits=limits)
+        back = validate_switch(self.junction, program, self.fallback, limits)
+        return own + back
+
+    def _command(self, program: SignalProgram, now: float) -> PlanCommand:
+        self._seq += 1
+        lease = self.config.lease_cycles * program.cycle_s
+        return PlanCommand(program=program, issued=now, valid_from=now, lease_s=lease,
+                           seq=self._seq)
+
+    def _remember(self, program: SignalProgram) -> None:
+        self._programs[program.id] = program
+        while len(self._programs) > self.config.remembered_programs:
+            oldest = next(k for k in self._programs if k != self.fallback.id)
+            # Never forget what the hardware runs now; it may still need renewals.
+            if self._state is not None and oldest == self._state.program_id:
+                self._programs[oldest] = self._programs.pop(oldest)
+                continue
+            del self._programs[oldest]
+
+    # -- queries -----------------------------------------------------------------
+    @property
+    def last_decision(self) -> Decision | None:
+        return self.decisions[-1] if self.decisions else None
+
+    @property
+    def adaptive_allowed(self) -> bool:
+        """Whether the last epoch allowed adaptive control."""
+        return self._adaptive_allowed
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _float_or_none(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+# -- analytic stand-ins (tests, benchmarks, and a twin-less fallback) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticCandidate:
+    program: SignalProgram
+    label: str
+    analytic_delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticScore:
+    program_id: str
+    person_delay_s: float
+
+
+class EstimateSnapshots:
+    """A snapshot source whose snapshot is the estimate itself (for ``AnalyticEvaluator``)."""
+
+    def observe(self, reading: DetectorReading) -> None:
+        return None
+
+    def observe_state(self, state: HardwareState) -> None:
+        return None
+
+    def snapshot(
+        self, now: float, estimate: Estimate, running: SignalProgram, cycle_second: int
+    ) -> Estimate:
+        return estimate
+
+
+def analytic_delay_s(junction: JunctionSignals, estimate: Estimate, program: SignalProgram,
+                     *, pedestrian_weight: float = 0.1) -> float:
+    """Flow-weighted HCM delay per vehicle of ``program`` under ``estimate``.
+
+    Pedestrian groups add their uniform delay with a small weight, so a
+    program that starves crossings is not free.  A movement without capacity
+    counts as a large delay rather than infinity (candidates stay comparable).
+    """
+    greens = stage_green_times(program)
+    total = weight = 0.0
+    for g in junction.groups:
+        share = greens.get(g.id, 0) / program.cycle_s
+        if not g.is_vehicular:
+            uniform = 0.5 * program.cycle_s * (1.0 - share) ** 2
+            total += pedestrian_weight * uniform
+            weight += pedestrian_weight
+            continue
+        est = estimate.groups.get(g.id)
+        if est is None or est.flow_veh_h <= 0:
+            continue
+        d = hcm_delay_s(est.flow_veh_h, est.saturation_veh_h, share, program.cycle_s)
+        total += est.flow_veh_h * min(d if d is not None else 600.0, 600.0)
+        weight += est.flow_veh_h
+    return total / weight if weight > 0 else 0.0
+
+
+class AnalyticEvaluator:
+    """Scores programs with the HCM delay formula on the estimate (no simulation).
+
+    Deterministic and fast: the evaluator of unit tests and of
+    ``bench/decision.py``'s baseline row, behind the same protocol as the twin.
+    """
+
+    def __init__(self, junction: JunctionSignals) -> None:
+        self.junction = junction
+
+    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> list[AnalyticScore]:
+        if not isinstance(snapshot, Estimate):
+            raise TypeError("AnalyticEvaluator needs an Estimate snapshot (EstimateSnapshots)")
+        return [
+            AnalyticScore(p.id, analytic_delay_s(self.junction, snapshot, p)) for p in programs
+        ]
+
+
+def webster_proposer(
+    junction: JunctionSignals,
+    estimate: Estimate,
+    running: SignalProgram,
+    fallback: SignalProgram,
+    *,
+    program_prefix: str,
+    cycle_steps_s: Sequence[int] = (-20, -10, 0, 10, 20),
+) -> list[AnalyticCandidate]:
+    """Webster splits for the estimated flows at a few cycles around Webster's optimum.
+
+    A small, dependable proposer for tests and as a stand-in for the optimiser;
+    it keeps the fallback's stage sequence.
+    """
+    plan = fallback.stage_plan or running.stage_plan
+    sequence = plan.sequence if plan is not None else tuple(s.id for s in junction.stages)
+    ratios = {
+        g: (e.flow_veh_h / e.saturation_veh_h if e.saturation_veh_h > 0 else 0.0)
+        for g, e in estimate.groups.items()
+    }
+    base = webster_plan(junction, sequence, ratios)
+    out: list[AnalyticCandidate] = []
+    seen: set[int] = set()
+    for step in cycle_steps_s:
+        c = base.cycle_s + step
+        try:
+            res = webster_plan(junction, sequence, ratios, min_cycle_s=c, max_cycle_s=c)
+            program = compile_plan(junction, res.plan, f"{program_prefix}w{len(out)}")
+        except ValueError:
+            continue
+        if program.cycle_s in seen or program.cycle_s > junction.max_cycle_s:
+            continue
+        seen.add(program.cycle_s)
+        out.append(AnalyticCandidate(program, f"webster C={program.cycle_s}",
+                                     analytic_delay_s(junction, estimate, program)))
+    return out
