@@ -72,10 +72,13 @@ def test_safety_switches_agree(pair: tuple[SignalProgram, SignalProgram]) -> Non
 
 
 def test_safety_generators_cover_valid_and_invalid() -> None:
-    """Both outcomes, every rule, and switches that fail only because of the switch."""
+    """Both outcomes, every rule, and switches that fail only because of the switch.
+
+    Derandomized: this checks the generators, so it must not depend on luck.
+    """
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=600, deadline=None, database=None)
+    @settings(max_examples=600, deadline=None, database=None, derandomize=True)
     @given(any_program())
     def programs(program: SignalProgram) -> None:
         v = validate_program(J, program)
@@ -83,7 +86,7 @@ def test_safety_generators_cover_valid_and_invalid() -> None:
         for rule in {x.rule for x in v}:
             seen[rule] += 1
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
     @given(_switch_pairs())
     def switches(pair: tuple[SignalProgram, SignalProgram]) -> None:
         old, new = pair
