@@ -1,17 +1,20 @@
-"""Max-pressure control (Varaiya 2013) with minimum greens and the same intergreens.
+"""Max-pressure control with minimum greens, the same intergreens and a cyclic stage order.
 
 A baseline, run inside the (simulated) signal controller like SUMO's actuated
-logic: it sees only detector readings.  Each second after the running stage
-has served its minimum green, the stage with the largest pressure is chosen;
-it switches when that beats the running stage's pressure by a margin.
+logic: it sees only detector readings.  Stages keep their sequence (the
+cyclic variant of max-pressure, so every group's wait stays bounded); after a
+stage has served its minimum green, control moves on to the next stage with
+demand as soon as that stage's pressure exceeds the running stage's by a
+margin, the running stage has no pressure left, or the running stage reaches
+its maximum green.  Stages without demand are skipped.
 
 Pressure of a stage = sum over its vehicle groups of the queued vehicles on
 the group's approach lanes (queue detectors, metres / vehicle spacing; the
-downstream term of the original formulation is zero here because the exits
-of a single junction flow freely), plus a weight per waiting pedestrian
-request.  Any group red for longer than its ``max_red_s`` minus a margin with
-demand gets its stage next (no starvation, safety.md V5), and a stage is not
-held beyond ``max_green_s``.
+downstream term of the original formulation (Varaiya 2013) is zero here
+because the exits of a single junction flow freely), plus a weight per
+waiting pedestrian request.  Maximum greens share the room between the
+minimum cycle and the junction's maximum cycle equally, so no group waits
+longer than the maximum cycle allows (safety.md V5).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.messages import DetectorInfo, DetectorKind, DetectorReading
-from controller.signals import GroupKind, JunctionSignals
+from controller.plans import lost_time_s
+from controller.signals import JunctionSignals
 from controller.stepper import StageStepper
 
 
@@ -30,9 +34,11 @@ class MaxPressureConfig:
     #: Pressure a waiting pedestrian request adds (in vehicle equivalents).
     pedestrian_weight: float = 4.0
     #: Switch only if the best stage beats the running one by this much.
-    margin_veh: float = 2.0
+    margin_veh: float = 4.0
     max_green_s: int = 60
-    starvation_margin_s: int = 20
+    #: A group this close to its max red gets its stage next.  The margin covers the
+    #: running stage's remaining minimum green, an early pedestrian end and the transition.
+    starvation_margin_s: int = 70
     #: Pressure a stop-line loop occupied for the whole last second adds
     #: (a movement with a presence but no queue detector).
     presence_weight: float = 1.0
@@ -52,10 +58,25 @@ class MaxPressure:
         self.config = config
         self.stages = tuple(sequence) if sequence else tuple(s.id for s in junction.stages)
         self.stepper = StageStepper(junction, self.stages[0])
+        self._max_green = self._max_greens()
         self._detectors = {d.id: d for d in detectors}
         self._queue_m: dict[str, float] = {}
         self._presence: dict[str, bool] = {}
         self._pressed: dict[str, bool] = {}
+
+    def _max_greens(self) -> dict[str, int]:
+        j = self.junction
+        mins = {
+            s: max((j.group(g).min_green_s + j.early_end(g) for g in j.stage(s).groups),
+                   default=0)
+            for s in self.stages
+        }
+        lost = lost_time_s(j, self.stages)
+        room = max(0, j.max_cycle_s - lost - sum(mins.values()))
+        return {
+            s: min(self.config.max_green_s, mins[s] + room // len(self.stages))
+            for s in self.stages
+        }
 
     def observe(self, reading: DetectorReading) -> None:
         info = self._detectors.get(reading.detector_id)
@@ -102,32 +123,49 @@ class MaxPressure:
             s: sum(pressure[g] for g in self.junction.stage(s).groups) for s in self.stages
         }
         starving = self._starving(pressure)
-        if starving is not None and starving != st.stage:
-            return starving
-        best = max(self.stages, key=lambda s: (stage_p[s], -self.stages.index(s)))
-        if best == st.stage:
+        nxt = self._next_with_demand(stage_p, starving)
+        if nxt is None or nxt == st.stage:
             return None
-        if st.stage_elapsed_s >= cfg.max_green_s and stage_p[best] > 0:
-            return best
-        if stage_p[best] > stage_p[st.stage] + cfg.margin_veh:
-            return best
+        if starving is not None:
+            return nxt
+        if st.stage_elapsed_s >= self._max_green[st.stage]:
+            return nxt
+        if stage_p[st.stage] <= 0 or stage_p[nxt] > stage_p[st.stage] + cfg.margin_veh:
+            return nxt
+        return None
+
+    def _next_with_demand(
+        self, stage_p: Mapping[str, float], starving: str | None
+    ) -> str | None:
+        k = self.stages.index(self.stepper.stage) if self.stepper.stage in self.stages else -1
+        for step in range(1, len(self.stages) + 1):
+            stage = self.stages[(k + step) % len(self.stages)]
+            if stage_p[stage] > 0 or stage == starving:
+                return stage
         return None
 
     def _starving(self, pressure: Mapping[str, float]) -> str | None:
+        """The next stage, in sequence order, that serves a group near its maximum red.
+
+        Serving starving groups in the cyclic order (not by pressure) bounds every
+        group's wait by one sequence, however the pressures fall.
+        """
         cfg = self.config
-        worst: tuple[int, str] | None = None
-        for group in self.junction.groups:
-            red = self.stepper.red_time_s(group.id)
-            has_demand = pressure[group.id] > 0 or group.kind is GroupKind.PEDESTRIAN
-            if has_demand and red >= group.max_red_s - cfg.starvation_margin_s and (
-                worst is None or red > worst[0]
-            ):
-                worst = (red, group.id)
-        if worst is None:
+        # Every group counts, with or without detected demand: a missed detection must not
+        # hold a group red past its maximum red (safety.md V5, checked by the hardware).
+        del pressure
+        starving = {
+            group.id
+            for group in self.junction.groups
+            if self.stepper.red_time_s(group.id) >= group.max_red_s - cfg.starvation_margin_s
+        }
+        if not starving:
             return None
-        for s in self.stages:
-            if worst[1] in self.junction.stage(s).groups:
-                return s
+        k = self.stages.index(self.stepper.stage) if self.stepper.stage in self.stages else -1
+        for step in range(1, len(self.stages) + 1):
+            stage = self.stages[(k + step) % len(self.stages)]
+            if self.junction.stage(stage).groups & starving:
+                return stage
         return None
 
     def step(self) -> dict[str, str]:

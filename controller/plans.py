@@ -122,7 +122,8 @@ def transition(
     ending = a - b
     since: dict[str, int] = dict(since_end_s or {})
     for i in ending:
-        since[i] = 0
+        # A group that ended early (``early_end_s``) is passed in with its real age.
+        since.setdefault(i, 0)
     starting: dict[str, int] = {}
     for j in sorted(b - a):
         waits = [
@@ -155,9 +156,13 @@ def transitions(junction: JunctionSignals, sequence: Sequence[str]) -> tuple[Tra
     refines this with the whole cycle's history.
     """
     n = len(sequence)
-    return tuple(
-        transition(junction, sequence[k], sequence[(k + 1) % n]) for k in range(n)
-    )
+    out = []
+    for k in range(n):
+        a, b = sequence[k], sequence[(k + 1) % n]
+        ending = junction.stage(a).groups - junction.stage(b).groups
+        early = {i: junction.early_end(i) for i in ending if junction.early_end(i)}
+        out.append(transition(junction, a, b, since_end_s=early))
+    return tuple(out)
 
 
 def lost_time_s(junction: JunctionSignals, sequence: Sequence[str]) -> int:
@@ -234,8 +239,11 @@ def _layout(
     starts: list[int] = []
     t = 0
     for k, stage_id in enumerate(seq):
+        ending = trans[k].ending if trans else frozenset()
         for g in junction.stage(stage_id).groups:
-            for sec in range(t, t + greens_s[k]):
+            # Groups leaving at this transition may end early (early_end_s).
+            early = junction.early_end(g) if g in ending else 0
+            for sec in range(t, t + max(0, greens_s[k] - early)):
                 green[g][sec % cycle] = True
         t += greens_s[k]
         starts.append(t)
@@ -271,7 +279,7 @@ def _fixed_point(
             tau = starts[k]
             since: dict[str, int] = {}
             for i, mask in green.items():
-                if i in a or not any(mask):
+                if not any(mask) or (i in a and mask[(tau - 1) % cycle]):
                     continue
                 d = 1
                 while not mask[(tau - d) % cycle]:

@@ -107,11 +107,17 @@ class JunctionSignals:
     min_cycle_s: int = 30
     #: All-red time when a program returns to the same stage (safety.md V3).
     all_red_same_stage_s: int = 1
+    #: Seconds a group's green ends before its stage's green time ends (Räumzeitvorgabe):
+    #: pedestrians whose crossing a right turn passes finish crossing while the turners
+    #: still show their yielding green, so no turning vehicle has priority over a
+    #: pedestrian still on the crossing.  Configuration, like the intergreens.
+    early_end_s: Mapping[str, int] = field(default_factory=dict)
     _by_id: Mapping[str, SignalGroup] = field(init=False, repr=False, compare=False)
     _stage_by_id: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "intergreen", dict(self.intergreen))
+        object.__setattr__(self, "early_end_s", dict(self.early_end_s))
         object.__setattr__(self, "_by_id", dict({g.id: g for g in self.groups}))
         object.__setattr__(self, "_stage_by_id", dict({s.id: s for s in self.stages}))
         problems = self.problems()
@@ -134,6 +140,9 @@ class JunctionSignals:
 
     def conditionally_compatible(self, a: str, b: str) -> bool:
         return _pair(a, b) in self.conditional
+
+    def early_end(self, group_id: str) -> int:
+        return self.early_end_s.get(group_id, 0)
 
     def z(self, ending: str, starting: str) -> int:
         """Intergreen Z[ending][starting]; 0 for groups that do not conflict."""
@@ -162,6 +171,9 @@ class JunctionSignals:
             for i, j in ((a, b), (b, a)):
                 if (i, j) not in self.intergreen:
                     out.append(f"no intergreen for conflicting pair {i}->{j}")
+        for g, e in self.early_end_s.items():
+            if g not in known or e < 0:
+                out.append(f"early end for {g} must name a group and be >= 0")
         for (i, j), z in self.intergreen.items():
             if not self.conflicting(i, j):
                 out.append(f"intergreen {i}->{j} given for groups that do not conflict")

@@ -24,15 +24,17 @@ class StageStepper:
         self.stage = junction.stage(initial_stage).id
         self.stage_elapsed_s = 0
         self._t = 0
-        self._last_end: dict[str, int] = {}
         self._green: set[str] = set(junction.stage(initial_stage).groups)
+        # Groups outside the first stage start red, as if their yellow had just run out,
+        # so red time (for max red) counts from the start.
+        self._last_end: dict[str, int] = {
+            g.id: -g.yellow_s for g in junction.groups if g.id not in self._green
+        }
         self._green_since: dict[str, int] = dict.fromkeys(self._green, -10_000)
         self._transition: Transition | None = None
+        self._closing: tuple[str, int] | None = None
+        self._early_ends: dict[str, int] = {}
         self._trans_elapsed = 0
-        self._min_green = {
-            s.id: max((junction.group(g).min_green_s for g in s.groups), default=0)
-            for s in junction.stages
-        }
 
     @property
     def in_transition(self) -> bool:
@@ -40,11 +42,35 @@ class StageStepper:
 
     @property
     def target_stage(self) -> str:
+        if self._closing is not None:
+            return self._closing[0]
         return self._transition.to_stage if self._transition else self.stage
 
     def can_switch(self) -> bool:
-        """True once the running stage has served its minimum green and no transition runs."""
-        return self._transition is None and self.stage_elapsed_s >= self._min_green[self.stage]
+        """True when no transition runs and the stage could end towards some stage now."""
+        if self._transition is not None or self._closing is not None:
+            return False
+        return any(
+            self.can_switch_to(s.id) for s in self.junction.stages if s.id != self.stage
+        )
+
+    def can_switch_to(self, target: str) -> bool:
+        """Whether a change to ``target`` starting now keeps every minimum green.
+
+        Groups that end early (``early_end_s``) leave ``lead - e`` seconds from now,
+        the others when the transition starts ``lead`` seconds from now.
+        """
+        if self._transition is not None or self._closing is not None or target == self.stage:
+            return False
+        j = self.junction
+        ending = j.stage(self.stage).groups - j.stage(target).groups
+        lead = max((j.early_end(g) for g in ending), default=0)
+        for g in ending:
+            since = self._t - self._green_since.get(g, self._t - self.stage_elapsed_s)
+            green_at_end = since + lead - j.early_end(g)
+            if green_at_end < j.group(g).min_green_s:
+                return False
+        return True
 
     def red_time_s(self, group_id: str) -> int:
         """Seconds since ``group_id`` last showed green (0 while green)."""
@@ -54,11 +80,37 @@ class StageStepper:
 
     def step(self, request: str | None = None) -> dict[str, str]:
         """Advance one second; start a transition to ``request`` if allowed now."""
-        if request is not None and request != self.stage and self.can_switch():
-            self._begin(request)
+        if self._closing is not None:
+            target, switch_at = self._closing
+            for g, end in self._early_ends.items():
+                if end == self._t and g in self._green:
+                    self._green.discard(g)
+                    self._last_end[g] = self._t
+            if self._t >= switch_at:
+                self._closing = None
+                self._early_ends = {}
+                self._begin(target)
+        elif request is not None and self.can_switch_to(request):
+            self._close(request)
         states = self._states()
         self._advance()
         return states
+
+    def _close(self, target: str) -> None:
+        """End early-ending groups first (early_end_s), then start the transition."""
+        ending = self.junction.stage(self.stage).groups - self.junction.stage(target).groups
+        early = {g: self.junction.early_end(g) for g in ending if self.junction.early_end(g)}
+        if not early:
+            self._begin(target)
+            return
+        lead = max(early.values())
+        switch_at = self._t + lead
+        self._early_ends = {g: switch_at - e for g, e in early.items()}
+        self._closing = (target, switch_at)
+        for g, end in self._early_ends.items():
+            if end == self._t:
+                self._green.discard(g)
+                self._last_end[g] = self._t
 
     # -- internals -------------------------------------------------------------
     def _begin(self, to_stage: str) -> None:
@@ -74,8 +126,9 @@ class StageStepper:
         )
         self._trans_elapsed = 0
         for g in self._transition.ending:
-            self._green.discard(g)
-            self._last_end[g] = self._t
+            if g in self._green:
+                self._green.discard(g)
+                self._last_end[g] = self._t
 
     def _states(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -112,7 +165,10 @@ class StageStepper:
             if self._trans_elapsed >= tr.length_s:
                 # Starting groups with start == length (none normally) turn green now.
                 for gid in tr.starting:
-                    self._green.add(gid)
+                    if gid not in self._green:
+                        # Starts exactly at the transition's end: green from next second.
+                        self._green.add(gid)
+                        self._green_since[gid] = self._t + 1
                 self.stage = tr.to_stage
                 self.stage_elapsed_s = 0
                 self._transition = None

@@ -45,9 +45,17 @@ class WebsterResult:
 
 
 def stage_min_greens(junction: JunctionSignals, sequence: Sequence[str]) -> tuple[int, ...]:
-    """Minimum green time of each stage: the largest minimum green of its groups."""
+    """Minimum green time of each stage: the largest minimum green (plus early end) of its
+    groups."""
+    # A group that ends early still needs its minimum green inside the stage.
     return tuple(
-        max((junction.group(g).min_green_s for g in junction.stage(s).groups), default=0)
+        max(
+            (
+                junction.group(g).min_green_s + junction.early_end(g)
+                for g in junction.stage(s).groups
+            ),
+            default=0,
+        )
         for s in sequence
     )
 

@@ -26,7 +26,9 @@ def local_executor(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def dask_executor(scheduler: str | None, local_workers: int = 2) -> AbstractContextManager[Executor]:
+def dask_executor(
+    scheduler: str | None, local_workers: int = 2
+) -> AbstractContextManager[Executor]:
     """A Dask distributed executor: connect to ``scheduler`` or start a local cluster."""
     from contextlib import ExitStack
 
@@ -34,13 +36,15 @@ def dask_executor(scheduler: str | None, local_workers: int = 2) -> AbstractCont
 
     stack = ExitStack()
     if scheduler:
-        client = stack.enter_context(Client(scheduler))
+        client = stack.enter_context(Client(scheduler))  # type: ignore[no-untyped-call]
     else:
         cluster = stack.enter_context(
-            LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True,
-                         dashboard_address=None)
+            LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=local_workers, threads_per_worker=1, processes=True,
+                dashboard_address=None,
+            )
         )
-        client = stack.enter_context(Client(cluster))
+        client = stack.enter_context(Client(cluster))  # type: ignore[no-untyped-call]
 
     class _Ctx(AbstractContextManager[Executor]):
         def __enter__(self) -> Executor:

@@ -812,6 +812,11 @@ def _vtype_xml(vt: VehicleType) -> str:
         return f"<vType {attrs}/>"
     # The emissions device on every vehicle so tripinfo carries CO2/NOx totals
     # without each runner having to remember the option.
+    # jmCrossingGap: a turning driver waits while a pedestrian is within 25 m of the
+    # crossing's conflict point (SUMO's default 10 m lets right-turners that already wait
+    # inside the junction edge into pedestrians who stepped onto the crossing on green).
+    if vt.mode in ("car", "truck", "bus"):
+        attrs += ' jmCrossingGap="25"'
     return (f'<vType {attrs}><param key="has.emissions.device" value="true"/>'
             f'<param key="atsc.occupancy" value="{vt.occupancy:g}"/></vType>')
 

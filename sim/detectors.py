@@ -53,6 +53,9 @@ class FieldDetectors:
         out: list[DetectorReading] = []
         for d in self._loops:
             ids = set(s.inductionloop.getLastStepVehicleIDs(d.id))
+            if d.kind is DetectorKind.BUS_REQUEST:
+                # A bus request point (ÖPNV-Anmeldung) answers only to buses.
+                ids = {v for v in ids if s.vehicle.getVehicleClass(v) == "bus"}
             new = len(ids - self._seen[d.id])
             self._seen[d.id] = ids
             speed = s.inductionloop.getLastStepMeanSpeed(d.id)

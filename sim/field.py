@@ -89,6 +89,7 @@ def sumo_command(run: FieldRun, kpi_args: Sequence[str]) -> list[str]:
         *kpi_args,
         *run.extra_args,
     ]
+
     return cmd
 
 
@@ -114,7 +115,7 @@ def simulate(
         if run.native_program is not None:
             sumo.trafficlight.setProgram(tls, run.native_program)
         truth_hook = getattr(driver, "observe_truth", None)
-        links = LinkStates(model.signals)
+        links = LinkStates(model.signals, model.minor_links)
         detectors = FieldDetectors(sumo, model.detectors, button_crossings(model))
         monitor = ConflictMonitor(model.signals)
         queue_lanes = {

@@ -16,6 +16,7 @@ bicycle groups on their own lanes saturate at 3600 bicycles per hour.
 
 from __future__ import annotations
 
+import itertools
 import math
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -88,11 +89,11 @@ def group_flows_from_routes(
     hours = max(1e-9, (end_s - begin_s) / 3600.0)
     net = sumolib.net.readNet(str(model.net_file))
     link_groups: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
-    for g in model.signals.groups:
-        for idx in g.links:
+    for sg in model.signals.groups:
+        for idx in sg.links:
             link = model.links[idx]
             if link.crossing is None:
-                link_groups[(link.from_edge, link.to_edge)].append((g.id, link.vclasses))
+                link_groups[(link.from_edge, link.to_edge)].append((sg.id, link.vclasses))
     vtypes: dict[str, str] = {}
     routes: dict[str, list[str]] = {}
     counts: dict[tuple[tuple[str, ...], str], float] = defaultdict(float)
@@ -126,15 +127,15 @@ def group_flows_from_routes(
         except (ET.ParseError, OSError) as exc:
             raise ConfigError(f"cannot read route file: {exc}", file) from None
     out: dict[str, float] = defaultdict(float)
-    for (edges, vclass), n in counts.items():
-        for a, b in zip(edges, edges[1:], strict=False):
+    for (route_edges, vclass), n in counts.items():
+        for a, b in itertools.pairwise(route_edges):
             candidates = link_groups.get((a, b))
             if not candidates:
                 continue
-            matching = [g for g, classes in candidates if not classes or vclass in classes]
-            groups = sorted(set(matching or [g for g, _ in candidates]))
-            for g in groups:
-                out[g] += n / hours * _weight(model, g, vclass) / len(groups)
+            matching = [gid for gid, classes in candidates if not classes or vclass in classes]
+            gids = sorted(set(matching or [gid for gid, _ in candidates]))
+            for gid in gids:
+                out[gid] += n / hours * _weight(model, gid, vclass) / len(gids)
             break
     return dict(out)
 

@@ -17,6 +17,7 @@ push-button = Anforderungstaster; bus request point = ÖPNV-Anmeldepunkt.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -31,7 +32,7 @@ import numpy as np
 
 from controller.errors import ConfigError
 from controller.messages import DetectorInfo, DetectorKind
-from controller.signals import GroupKind, JunctionSignals, SignalGroup, Stage
+from controller.signals import CYCLE_CEILING_S, GroupKind, JunctionSignals, SignalGroup, Stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO_ROOT / "scenarios"
@@ -276,7 +277,7 @@ _NET_CACHE: dict[tuple[Path, float], _Net] = {}
 
 
 def _allowed(allow: str | None, disallow: str | None) -> frozenset[str]:
-    from sumolib.net.lane import get_allowed  # noqa: PLC0415  # heavy import, only here
+    from sumolib.net.lane import get_allowed  # heavy import, only here
 
     return frozenset(str(c) for c in get_allowed(allow, disallow))
 
@@ -750,7 +751,10 @@ def _read_detectors(
             groups = sorted({g for ln in feeds for g in lane_groups.get(ln, ())})
             if not is_e1:
                 kind = DetectorKind.QUEUE
-            elif "bus" in (el.get("vTypes") or "").split():
+            elif "bus" in (el.get("vTypes") or "").split() or any(
+                prm.get("key") == "atsc.kind" and prm.get("value") == "bus_request"
+                for prm in el.iter("param")
+            ):
                 kind = DetectorKind.BUS_REQUEST
             elif distance <= STOP_LINE_MAX_M:
                 kind = DetectorKind.STOP_LINE
@@ -875,6 +879,12 @@ def _build(
     intergreen = {k: c.z_s for k, c in calcs.items()}
     if stages is None:
         stages = greedy_stages(groups, conflicts, stage_order)
+    # No group may wait longer than the longest allowed cycle minus its own minimum green
+    # (safety.md V5): that is the most any correct program can make it wait.
+    groups = [
+        dataclasses.replace(g, max_red_s=CYCLE_CEILING_S - g.min_green_s) for g in groups
+    ]
+    early_end = _early_ends(groups, conditional, intergreen)
     try:
         signals = JunctionSignals(
             tls_id=tls_id,
@@ -885,6 +895,7 @@ def _build(
             conditional=frozenset(conditional),
             link_count=len(links),
             max_cycle_s=max_cycle_s,
+            early_end_s=early_end,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), source) from exc
@@ -1309,6 +1320,34 @@ def derive_junction(
     return _order_stages(model, approaches)
 
 
+def _early_ends(
+    groups: Sequence[SignalGroup],
+    conditional: Iterable[frozenset[str]],
+    intergreen: Mapping[tuple[str, str], int],
+) -> dict[str, int]:
+    """Räumzeitvorgabe for pedestrian groups that right-turners cross (bedingt verträglich).
+
+    A turning vehicle waits inside the junction for pedestrians on the crossing; once its
+    own signal ends it no longer yields (SUMO, and drivers, treat a red pedestrian signal
+    as clear).  So the pedestrian green ends early by the pedestrians' clearance time (the
+    largest intergreen from the pedestrian group), and the turners keep their yielding
+    green while the last pedestrians leave the crossing.
+    """
+    kinds = {g.id: g.kind for g in groups}
+    partners: dict[str, set[str]] = {}
+    for pair in conditional:
+        a, b = sorted(pair)
+        for p, q in ((a, b), (b, a)):
+            if kinds.get(p) is GroupKind.PEDESTRIAN and kinds.get(q) is not GroupKind.PEDESTRIAN:
+                partners.setdefault(p, set()).add(q)
+    out: dict[str, int] = {}
+    for p in partners:
+        clear = max((z for (i, _j), z in intergreen.items() if i == p), default=0)
+        if clear > 0:
+            out[p] = clear
+    return out
+
+
 def _xml_root(path: Path) -> Iterable[ET.Element]:
     try:
         return list(ET.parse(path).getroot())
@@ -1341,7 +1380,7 @@ def _order_stages(model: JunctionModel, approaches: Sequence[Approach]) -> Junct
     signals = JunctionSignals(
         tls_id=sig.tls_id, groups=sig.groups, conflicts=sig.conflicts,
         intergreen=sig.intergreen, stages=stages, conditional=sig.conditional,
-        link_count=sig.link_count, max_cycle_s=sig.max_cycle_s,
+        link_count=sig.link_count, max_cycle_s=sig.max_cycle_s, early_end_s=sig.early_end_s,
     )
     return JunctionModel(
         name=model.name, directory=model.directory, net_file=model.net_file,

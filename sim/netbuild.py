@@ -32,7 +32,7 @@ def sumo_binary(name: str) -> Path:
     """
     candidates = [Path(sys.executable).parent / name]
     try:
-        import sumo  # type: ignore[import-untyped]  # noqa: PLC0415  # optional wheel
+        import sumo  # optional wheel
 
         candidates.append(Path(sumo.SUMO_HOME) / "bin" / name)
     except ImportError:

@@ -22,8 +22,13 @@ from sim.drivers import NATIVE_TYPES, DriverContext, make_driver
 from sim.field import FieldRun, print_progress, simulate
 from sim.flows import flow_ratios, group_flows_from_movements, group_flows_from_routes
 from sim.junction import JunctionModel, derive_junction, load_junction
-from sim.kpis import RunKpis, compute_kpis, kpi_sumo_args, tls_states_additional
-from sim.kpis import vtype_classes_from_xml
+from sim.kpis import (
+    RunKpis,
+    compute_kpis,
+    kpi_sumo_args,
+    tls_states_additional,
+    vtype_classes_from_xml,
+)
 from sim.tlsprogram import write_native_program
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +182,9 @@ def run_dir_for(out_dir: Path, case: Case, controller: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / f"{case.label}__{controller}__seed{seed}"
 
 
-def run_one(case: Case, controller: str, seed: int, out_dir: Path, progress: bool = True) -> RunKpis:
+def run_one(
+    case: Case, controller: str, seed: int, out_dir: Path, progress: bool = True
+) -> RunKpis:
     """Run one (case, controller, seed) and return its KPIs; writes only into its run folder."""
     run_dir = run_dir_for(out_dir, case, controller, seed).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +210,7 @@ def run_one(case: Case, controller: str, seed: int, out_dir: Path, progress: boo
         adds = (*adds, write_native_program(
             run_dir / "native_program.add.xml", model.signals, program,
             logic_type=native, program_id=native_id, detectors=_actuation_loops(model),
+            minor_links=model.minor_links,
         ))
     ctx = DriverContext(model=model, fixed_program=program,
                         sequence=webster.plan.sequence, run_dir=str(run_dir), seed=seed)
@@ -218,7 +226,8 @@ def run_one(case: Case, controller: str, seed: int, out_dir: Path, progress: boo
     kpis = compute_kpis(
         run_dir, scenario=case.label, controller=controller, seed=seed,
         warmup_s=case.begin_s + case.warmup_s, end_s=case.end_s, occupancy=occupancy,
-        wall_time_s=result.wall_time_s, vtype_classes=vtype_classes_from_xml((*route_files, *extra_adds)),
+        wall_time_s=result.wall_time_s,
+        vtype_classes=vtype_classes_from_xml((*route_files, *extra_adds)),
     )
     (run_dir / "run.json").write_text(json.dumps({
         "case": {k: str(v) for k, v in asdict(case).items()},

@@ -38,7 +38,10 @@ _SUMO_TO_STATE = {
 class LinkStates:
     """Encode group states as a SUMO state string and decode them back."""
 
-    def __init__(self, signals: JunctionSignals) -> None:
+    def __init__(self, signals: JunctionSignals, minor_links: frozenset[int] | None = None) -> None:
+        """``minor_links``: link indices that yield (from the network's right-of-way), if known;
+        otherwise every link of a vehicle group yields while a conditionally compatible
+        pedestrian or bicycle group is green."""
         n = signals.link_count or 1 + max(
             (link for g in signals.groups for link in g.links), default=-1
         )
@@ -59,6 +62,7 @@ class LinkStates:
                 if partners:
                     self._yields_to[g.id] = partners
         self._first_link = {g.id: g.links[0] for g in signals.groups if g.links}
+        self._minor = minor_links
 
     def encode(self, states: Mapping[str, str]) -> str:
         chars: list[str] = []
@@ -68,7 +72,9 @@ class LinkStates:
                 chars.append("r")
                 continue
             st = states.get(gid, SignalState.RED.value)
-            if st == SignalState.GREEN.value:
+            if st == SignalState.GREEN.value and self._minor is not None:
+                chars.append("g" if len(chars) in self._minor else "G")
+            elif st == SignalState.GREEN.value:
                 partners = self._yields_to.get(gid, ())
                 minor = any(states.get(p) == SignalState.GREEN.value for p in partners)
                 chars.append("g" if minor else "G")
@@ -94,6 +100,7 @@ def write_native_program(
     program_id: str,
     detectors: Mapping[str, str] | None = None,
     max_green_s: int = 60,
+    minor_links: frozenset[int] | None = None,
 ) -> Path:
     """Write a SUMO tlLogic (actuated or delay_based) derived from a stage-based program.
 
@@ -104,7 +111,7 @@ def write_native_program(
     plan = program.stage_plan
     if plan is None:
         raise ValueError("a native program needs a stage-based signal program")
-    links = LinkStates(signals)
+    links = LinkStates(signals, minor_links)
     per_group = group_states(signals, program)
     cycle = program.cycle_s
 
@@ -124,24 +131,41 @@ def write_native_program(
         for lane, det in sorted((detectors or {}).items()):
             ET.SubElement(logic, "param", {"key": lane, "value": det})
     timing = stage_timing(signals, plan)
+    # SUMO may stretch green times up to maxDur; share the room up to the maximum cycle
+    # among the stages in proportion to their greens, so the actuated cycle never exceeds
+    # it and no group waits longer than the rules allow.
+    greens_total = sum(e - s for s, e, _ in timing) or 1
+    room = max(0, signals.max_cycle_s - cycle)
     for k, stage_id in enumerate(plan.sequence):
         green_start, green_end, next_start = timing[k]
-        green = green_end - green_start
-        min_green = max(signals.group(g).min_green_s for g in signals.stage(stage_id).groups)
+        # The extendable phase is the stage's green time up to the first change of any
+        # signal (an early-ending pedestrian group); the rest runs as fixed phases.
+        first = state_at(green_start)
+        steady_end = green_start
+        while steady_end < green_end and state_at(steady_end) == first:
+            steady_end += 1
+        green = steady_end - green_start
+        tail = green_end - steady_end
+        min_green = max(
+            signals.group(g).min_green_s + signals.early_end(g)
+            for g in signals.stage(stage_id).groups
+        ) - tail
         if green > 0:
             ET.SubElement(
                 logic,
                 "phase",
                 {
                     "duration": str(green),
-                    "minDur": str(min(min_green, green)),
-                    "maxDur": str(max(green, max_green_s)),
-                    "state": state_at(green_start),
+                    "minDur": str(max(1, min(min_green, green))),
+                    "maxDur": str(
+                        min(max_green_s, green + room * (green_end - green_start) // greens_total)
+                    ),
+                    "state": first,
                     "name": stage_id,
                 },
             )
-        # Transition seconds, merged where consecutive seconds show the same states.
-        for state, duration in _merge([state_at(s) for s in range(green_end, next_start)]):
+        # Early ends and transition seconds, merged where consecutive seconds are equal.
+        for state, duration in _merge([state_at(s) for s in range(steady_end, next_start)]):
             ET.SubElement(logic, "phase", {"duration": str(duration), "state": state})
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,834 @@
+"""The SUMO twin: scores candidate signal programs by predicted person delay.
+
+The twin is fed only by what detector messages and the hardware's state
+carry.  ``SnapshotBuilder`` turns the message stream into a ``TwinSnapshot``
+(standing queues per lane from the queue sensors, vehicles in transit from the
+upstream loops, arrival flows and turning shares, pending bus and pedestrian
+requests).  ``SumoTwin`` runs every candidate program from that snapshot over
+the horizon in worker processes (libsumo holds one simulation per process, and
+twin evaluations must never block the service's event loop) and returns one
+``TwinScore`` per program.
+
+Everything that crosses into a worker is plain picklable data defined here or
+in ``controller.plans``/``controller.signals``: ``TwinConfig`` once, then
+``TwinSnapshot`` and ``SignalProgram`` per task.  This module never imports
+``sim/``; ``sim.twin_config`` builds the ``TwinConfig`` from a junction model.
+Method, choices and measured numbers: docs/twin.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from controller.estimator import Estimate
+from controller.messages import DetectorReading, HardwareState
+from controller.plans import SignalProgram, group_states
+from controller.signals import GroupKind, JunctionSignals, SignalState
+
+CAR = "car"
+BUS = "bus"
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class TwinRoute:
+    """One movement through the junction, as the edge list SUMO drives."""
+
+    id: str
+    approach: str
+    #: Edges from the arm's entry edge to the exit edge.
+    edges: tuple[str, ...]
+    #: Signal group that releases it.
+    group: str
+    #: Default share of the group's flow taking this route (shares of a group sum to 1).
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class TwinLane:
+    """A lane vehicles can be placed on in the twin."""
+
+    id: str
+    edge: str
+    index: int
+    length_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class TwinApproach:
+    """One arm: where vehicles enter, and its vehicle signal groups."""
+
+    id: str
+    entry_edge: str
+    #: Metres from the entry to the first upstream loop: vehicles there are not yet seen.
+    unseen_m: float
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TwinLoop:
+    """An induction loop upstream of the stop line (arrivals, bus requests)."""
+
+    lane: str
+    pos_m: float
+    #: Distance from the loop to the stop line.
+    distance_m: float
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TwinQueueSensor:
+    """A queue sensor (radar): lanes upstream to downstream, the last at the stop line."""
+
+    lanes: tuple[str, ...]
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """Everything a twin worker needs, as plain picklable data (no ground truth).
+
+    ``net_file`` is the junction's SUMO network: configuration, like the
+    signal groups; the twin learns the traffic only from the snapshot.
+    """
+
+    net_file: str
+    tls_id: str
+    signals: JunctionSignals
+    link_count: int
+    approaches: tuple[TwinApproach, ...]
+    routes: tuple[TwinRoute, ...]
+    lanes: Mapping[str, TwinLane]
+    #: Stop-line lane -> routes that leave from it (a queued vehicle cannot change lanes).
+    lane_routes: Mapping[str, tuple[str, ...]]
+    upstream: Mapping[str, TwinLoop]
+    queues: Mapping[str, TwinQueueSensor]
+    bus_requests: Mapping[str, TwinLoop]
+    #: Push-button id -> the pedestrian groups it requests.
+    push_buttons: Mapping[str, tuple[str, ...]]
+    #: Persons per vehicle by twin vehicle kind (``car``, ``bus``).
+    occupancy: Mapping[str, float] = field(default_factory=lambda: {CAR: 1.3, BUS: 20.0})
+    #: Flow assumed per vehicle group without data (veh/h).
+    default_flow_veh_h: float = 300.0
+    #: Pedestrian arrivals per hour per pedestrian group (analytic pedestrian delay).
+    pedestrian_flow_per_h: Mapping[str, float] = field(default_factory=dict)
+    horizon_s: int = 300
+    step_length_s: float = 1.0
+    seed: int = 42
+    free_speed_mps: float = 13.89
+    bus_speed_mps: float = 8.0
+    #: Road taken by one standing car (5 m car + 2.5 m gap, SUMO's defaults).
+    jam_spacing_m: float = 7.5
+    bus_length_m: float = 12.0
+    #: Time constant of the fallback flow smoothing when no ``Estimate`` is given.
+    flow_time_constant_s: float = 300.0
+    #: A bus request is dropped after this long, or once its group was green this long
+    #: after the bus's expected arrival (there is no check-out detector).
+    bus_request_timeout_s: float = 180.0
+    bus_served_green_s: float = 5.0
+    #: Queue readings older than this are ignored (the estimate's queue is used instead).
+    queue_max_age_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.horizon_s < 1 or self.step_length_s != 1.0:
+            raise ValueError("the twin steps whole seconds over a positive horizon")
+        object.__setattr__(self, "lanes", dict(self.lanes))
+        object.__setattr__(self, "lane_routes", dict(self.lane_routes))
+        object.__setattr__(self, "upstream", dict(self.upstream))
+        object.__setattr__(self, "queues", dict(self.queues))
+        object.__setattr__(self, "bus_requests", dict(self.bus_requests))
+        object.__setattr__(self, "push_buttons", dict(self.push_buttons))
+        object.__setattr__(self, "occupancy", dict(self.occupancy))
+        object.__setattr__(self, "pedestrian_flow_per_h", dict(self.pedestrian_flow_per_h))
+
+    @property
+    def vehicle_groups(self) -> tuple[str, ...]:
+        return tuple(g for a in self.approaches for g in a.groups)
+
+    @property
+    def pedestrian_groups(self) -> tuple[str, ...]:
+        return tuple(g.id for g in self.signals.groups if g.kind is GroupKind.PEDESTRIAN)
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class TwinVehicle:
+    """A vehicle the twin places at the start: standing in a queue or in transit."""
+
+    kind: str
+    lane: str
+    #: Front position on ``lane`` in metres from the lane start.
+    pos_m: float
+    #: 0 for standing vehicles; moving ones enter at the highest safe speed.
+    moving: bool
+    #: Groups whose routes it may take (its lane's routes when it stands at the stop line).
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TwinSnapshot:
+    """What the detectors said at ``now``: the twin's whole knowledge of the traffic."""
+
+    now: float
+    running: SignalProgram
+    #: The cycle second the hardware showed last; the next one shown is ``cycle_second + 1``.
+    cycle_second: int
+    vehicles: tuple[TwinVehicle, ...]
+    #: Arrival flow per vehicle group (veh/h) over the horizon.
+    flows_veh_h: Mapping[str, float]
+    #: Route id -> share of its approach's arrivals (turning ratios).
+    route_shares: Mapping[str, float]
+    #: Pedestrian group -> seconds its oldest pending request has waited.
+    pedestrian_waiting_s: Mapping[str, float]
+    pedestrian_flow_per_h: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flows_veh_h", dict(self.flows_veh_h))
+        object.__setattr__(self, "route_shares", dict(self.route_shares))
+        object.__setattr__(self, "pedestrian_waiting_s", dict(self.pedestrian_waiting_s))
+        object.__setattr__(self, "pedestrian_flow_per_h", dict(self.pedestrian_flow_per_h))
+
+
+@dataclass
+class _Bus:
+    ts: float
+    detector: str
+    green_s: float = 0.0
+
+
+class SnapshotBuilder:
+    """Keeps what the twin needs from the detector stream and the hardware state.
+
+    Pure and clock-free like the estimator: the caller feeds every reading and
+    every hardware state and passes ``now`` to ``snapshot``.
+    """
+
+    def __init__(self, config: TwinConfig) -> None:
+        self.config = config
+        # (ts, count, speed) per upstream loop, only as long as a vehicle can be in transit.
+        self._passages: dict[str, deque[tuple[float, int, float]]] = {
+            d: deque() for d in config.upstream
+        }
+        self._queue: dict[str, tuple[float, float]] = {}
+        self._rate: dict[str, tuple[float, float]] = {}
+        self._buses: list[_Bus] = []
+        self._ped_since: dict[str, float] = {}
+        self._green: dict[str, bool] = {}
+        self._last_state_ts: float | None = None
+        cfg = config
+        self._transit_s = {
+            d: loop.distance_m / cfg.free_speed_mps + 5.0 for d, loop in cfg.upstream.items()
+        }
+
+    # -- input ------------------------------------------------------------------
+    def observe(self, reading: DetectorReading) -> None:
+        cfg = self.config
+        did = reading.detector_id
+        if did in cfg.upstream:
+            if reading.count > 0:
+                speed = reading.speed_mps if reading.speed_mps and reading.speed_mps > 1.0 else (
+                    cfg.free_speed_mps
+                )
+                self._passages[did].append((reading.ts, reading.count, speed))
+            self._count(did, reading.ts, max(reading.count, 0))
+        elif did in cfg.queues:
+            if reading.queue_m is not None and math.isfinite(reading.queue_m):
+                self._queue[did] = (reading.ts, max(0.0, reading.queue_m))
+        elif did in cfg.bus_requests:
+            for _ in range(max(reading.count, 0)):
+                self._buses.append(_Bus(reading.ts, did))
+        elif did in cfg.push_buttons and reading.pressed:
+            for g in cfg.push_buttons[did]:
+                self._ped_since.setdefault(g, reading.ts)
+
+    def observe_state(self, state: HardwareState) -> None:
+        """Signal group states as the hardware reports them (about once per second)."""
+        dt = 1.0 if self._last_state_ts is None else max(0.0, state.ts - self._last_state_ts)
+        self._last_state_ts = state.ts
+        green = SignalState.GREEN.value
+        for gid, ch in zip(self.config.signals.group_ids, state.signal_states, strict=False):
+            self._green[gid] = ch == green
+            if ch == green:
+                self._ped_since.pop(gid, None)
+        cfg = self.config
+        kept: list[_Bus] = []
+        for bus in self._buses:
+            loop = cfg.bus_requests[bus.detector]
+            eta = bus.ts + loop.distance_m / cfg.bus_speed_mps
+            if state.ts >= eta and any(self._green.get(g, False) for g in loop.groups):
+                bus.green_s += dt
+            if bus.green_s < cfg.bus_served_green_s and state.ts - bus.ts < (
+                cfg.bus_request_timeout_s
+            ):
+                kept.append(bus)
+        self._buses = kept
+
+    def _count(self, did: str, ts: float, count: int) -> None:
+        # Exponentially smoothed count rate per loop, the fallback flow without an Estimate.
+        tau = self.config.flow_time_constant_s
+        rate, last = self._rate.get(did, (0.0, ts))
+        decay = math.exp(-max(0.0, ts - last) / tau)
+        self._rate[did] = (rate * decay + count / tau, ts)
+
+    # -- output -----------------------------------------------------------------
+    def snapshot(
+        self,
+        now: float,
+        estimate: Estimate | None,
+        running: SignalProgram,
+        cycle_second: int,
+    ) -> TwinSnapshot:
+        cfg = self.config
+        flows = self._flows(now, estimate)
+        queue_back = self._queue_backs(now, estimate)
+        vehicles: list[TwinVehicle] = []
+        for did, sensor in cfg.queues.items():
+            vehicles += self._standing(sensor, queue_back[did])
+        for did, loop in cfg.upstream.items():
+            vehicles += self._in_transit(did, loop, now, queue_back)
+        for bus in self._buses:
+            loop = cfg.bus_requests[bus.detector]
+            lane = cfg.lanes[loop.lane]
+            pos = min(loop.pos_m + cfg.bus_speed_mps * max(0.0, now - bus.ts), lane.length_m - 1)
+            vehicles.append(TwinVehicle(BUS, loop.lane, pos, True, loop.groups))
+        ped_wait = {g: max(0.0, now - t) for g, t in self._ped_since.items()}
+        return TwinSnapshot(
+            now=now,
+            running=running,
+            cycle_second=cycle_second,
+            vehicles=tuple(_spaced(vehicles, cfg)),
+            flows_veh_h=flows,
+            route_shares=_route_shares(cfg, flows),
+            pedestrian_waiting_s=ped_wait,
+            pedestrian_flow_per_h=dict(cfg.pedestrian_flow_per_h),
+        )
+
+    def _flows(self, now: float, estimate: Estimate | None) -> dict[str, float]:
+        cfg = self.config
+        out: dict[str, float] = {}
+        measured: dict[str, float] = {}
+        for did, loop in cfg.upstream.items():
+            rate, last = self._rate.get(did, (0.0, now))
+            veh_s = rate * math.exp(-max(0.0, now - last) / cfg.flow_time_constant_s)
+            for g in loop.groups:
+                measured[g] = measured.get(g, 0.0) + veh_s * 3600.0 / len(loop.groups)
+        for g in cfg.vehicle_groups:
+            if estimate is not None and g in estimate.groups:
+                out[g] = max(0.0, estimate.groups[g].flow_veh_h)
+            elif g in measured and self._rate:
+                out[g] = measured[g]
+            else:
+                out[g] = cfg.default_flow_veh_h
+        return out
+
+    def _queue_backs(self, now: float, estimate: Estimate | None) -> dict[str, float]:
+        """Queue length in metres per queue sensor (radar, or the estimate when stale)."""
+        cfg = self.config
+        out: dict[str, float] = {}
+        for did, sensor in cfg.queues.items():
+            hit = self._queue.get(did)
+            if hit is not None and now - hit[0] <= cfg.queue_max_age_s:
+                out[did] = hit[1]
+            elif estimate is not None and sensor.groups:
+                out[did] = max(
+                    (estimate.groups[g].queue_m for g in sensor.groups if g in estimate.groups),
+                    default=0.0,
+                )
+            else:
+                out[did] = 0.0
+        return out
+
+    def _standing(self, sensor: TwinQueueSensor, queue_m: float) -> list[TwinVehicle]:
+        cfg = self.config
+        # A jam of n cars measures n * spacing minus one gap (SUMO's jam length).
+        n = max(0, round((queue_m + 2.5) / cfg.jam_spacing_m))
+        out: list[TwinVehicle] = []
+        stop_lane = sensor.lanes[-1]
+        lane_idx = len(sensor.lanes) - 1
+        pos = cfg.lanes[stop_lane].length_m - 0.5
+        for _ in range(n):
+            while pos < 5.0:
+                lane_idx -= 1
+                if lane_idx < 0:
+                    return out
+                pos += cfg.lanes[sensor.lanes[lane_idx]].length_m
+            lane = sensor.lanes[lane_idx]
+            # Queued cars keep to their lane: routes from the stop-line lane they queue for.
+            out.append(TwinVehicle(CAR, lane, pos, False, ("@" + stop_lane,)))
+            pos -= cfg.jam_spacing_m
+        return out
+
+    def _in_transit(
+        self, did: str, loop: TwinLoop, now: float, queue_back: Mapping[str, float]
+    ) -> list[TwinVehicle]:
+        cfg = self.config
+        records = self._passages[did]
+        while records and now - records[0][0] > self._transit_s[did]:
+            records.popleft()
+        back = max(
+            (q for q_id, q in queue_back.items()
+             if set(cfg.queues[q_id].groups) & set(loop.groups)),
+            default=0.0,
+        )
+        lane = cfg.lanes[loop.lane]
+        out: list[TwinVehicle] = []
+        for ts, count, speed in records:
+            travelled = speed * max(0.0, now - ts)
+            to_stop = loop.distance_m - travelled
+            if to_stop <= back + cfg.jam_spacing_m:
+                # Reached the queue: the radar counts it already.
+                continue
+            # Vehicles in the short stretch past the loop lane stay at its end (docs/twin.md).
+            pos = min(loop.pos_m + travelled, lane.length_m - 1.0)
+            out += [TwinVehicle(CAR, loop.lane, pos, True, loop.groups)] * count
+        return out
+
+
+def _spaced(vehicles: Sequence[TwinVehicle], cfg: TwinConfig) -> list[TwinVehicle]:
+    """Shift vehicles upstream where they would overlap, so SUMO can insert them all."""
+    by_lane: dict[str, list[TwinVehicle]] = {}
+    for v in vehicles:
+        by_lane.setdefault(v.lane, []).append(v)
+    out: list[TwinVehicle] = []
+    for lane in sorted(by_lane):
+        limit = math.inf
+        for v in sorted(by_lane[lane], key=lambda x: -x.pos_m):
+            length = cfg.bus_length_m if v.kind == BUS else cfg.jam_spacing_m - 2.5
+            pos = min(v.pos_m, limit)
+            if pos - length < 0:
+                continue
+            out.append(TwinVehicle(v.kind, v.lane, round(pos, 2), v.moving, v.groups))
+            limit = pos - length - 2.5
+    return out
+
+
+def _route_shares(cfg: TwinConfig, flows: Mapping[str, float]) -> dict[str, float]:
+    """Turning ratios per approach: group flow shares times the routes' shares in a group."""
+    out: dict[str, float] = {}
+    for a in cfg.approaches:
+        total = sum(flows.get(g, 0.0) for g in a.groups)
+        for r in cfg.routes:
+            if r.approach != a.id:
+                continue
+            if total > 0:
+                out[r.id] = flows.get(r.group, 0.0) * r.share / total
+            else:
+                out[r.id] = r.share / max(1, len(a.groups))
+    return out
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True, slots=True)
+class TwinScore:
+    """Predicted delays of one program over the horizon (lower is better)."""
+
+    program_id: str
+    #: Mean delay per person: car and bus passengers and pedestrians.
+    person_delay_s: float
+    vehicle_delay_s: float
+    pedestrian_delay_s: float
+    bus_delay_s: float
+    vehicles: int
+    sim_s: float
+    wall_s: float
+
+
+def link_state_table(signals: JunctionSignals, program: SignalProgram) -> tuple[str, ...]:
+    """SUMO link state string for every cycle second of ``program``.
+
+    A green vehicle group whose conditionally compatible pedestrian or bicycle
+    partner is green too shows minor green ``g`` (its drivers yield), as the
+    field's hardware shows it.
+    """
+    per_group = group_states(signals, program)
+    n = signals.link_count or 1 + max((i for g in signals.groups for i in g.links), default=-1)
+    partners = {
+        g.id: tuple(
+            p.id for p in signals.groups
+            if p.kind in (GroupKind.PEDESTRIAN, GroupKind.BICYCLE)
+            and signals.conditionally_compatible(g.id, p.id)
+        )
+        for g in signals.groups
+        if g.kind in (GroupKind.VEHICLE, GroupKind.BUS)
+    }
+    green = SignalState.GREEN.value
+    out: list[str] = []
+    for sec in range(program.cycle_s):
+        chars = ["r"] * n
+        for g in signals.groups:
+            st = per_group.get(g.id, "r" * program.cycle_s)[sec]
+            minor = st == green and any(
+                per_group.get(p, "")[sec : sec + 1] == green for p in partners.get(g.id, ())
+            )
+            for i in g.links:
+                chars[i] = "g" if minor else st
+        out.append("".join(chars))
+    return tuple(out)
+
+
+def timeline(snapshot: TwinSnapshot, program: SignalProgram, horizon_s: int) -> list[int]:
+    """Per horizon second: which program runs (0 running, 1 candidate) and its cycle second.
+
+    Encoded as ``cycle_second`` for the running program and ``-1 - cycle_second``
+    for the candidate.  The hardware switches only at a cycle boundary, so the
+    running program finishes its cycle first.
+    """
+    run = snapshot.running
+    shown = snapshot.cycle_second % run.cycle_s
+    remaining = run.cycle_s - 1 - shown
+    out: list[int] = []
+    for s in range(horizon_s):
+        if s < remaining:
+            out.append(shown + 1 + s)
+        else:
+            out.append(-1 - (s - remaining) % program.cycle_s)
+    return out
+
+
+def pedestrian_delay(
+    signals: JunctionSignals,
+    snapshot: TwinSnapshot,
+    program: SignalProgram,
+    horizon_s: int,
+) -> tuple[float, float]:
+    """Total pedestrian delay (s) and pedestrians over the horizon, computed analytically.
+
+    Pedestrians arrive uniformly at the group's rate; one arriving during red
+    waits until the next green second (censored at the horizon end); one
+    arriving during green crosses at once.  A pending request counts as one
+    person waiting from the start.  Simulating persons costs more than the
+    whole vehicle twin (docs/twin.md).
+    """
+    run_states = group_states(signals, snapshot.running)
+    cand_states = group_states(signals, program)
+    seconds = timeline(snapshot, program, horizon_s)
+    total = 0.0
+    persons = 0.0
+    green = SignalState.GREEN.value
+    for g in signals.groups:
+        if g.kind is not GroupKind.PEDESTRIAN:
+            continue
+        rate = snapshot.pedestrian_flow_per_h.get(g.id, 0.0) / 3600.0
+        is_green = [
+            (run_states[g.id][c] if c >= 0 else cand_states[g.id][-1 - c]) == green
+            for c in seconds
+        ]
+        wait = [0.0] * horizon_s
+        nxt: float = float(horizon_s)
+        for s in range(horizon_s - 1, -1, -1):
+            if is_green[s]:
+                nxt = float(s)
+            wait[s] = nxt - s
+        total += rate * sum(wait)
+        persons += rate * horizon_s
+        if g.id in snapshot.pedestrian_waiting_s:
+            total += wait[0]
+            persons += 1.0
+    return total, persons
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class _Worker:
+    """One libsumo simulation of the junction, reused for every evaluation in this process."""
+
+    def __init__(self, config: TwinConfig, scratch: str) -> None:
+        import libsumo
+
+        self.sumo: ModuleType = libsumo
+        self.config = config
+        self.scratch = Path(scratch)
+        self.base = str(self.scratch / f"base-{os.getpid()}.xml")
+        self.state = str(self.scratch / f"state-{os.getpid()}.xml")
+        self.built: TwinSnapshot | None = None
+        self.schedule: np.ndarray = np.zeros(config.horizon_s, dtype=np.int64)
+        self.kinds: dict[str, str] = {}
+        self.tables: dict[tuple[str, int], tuple[str, ...]] = {}
+        libsumo.start([
+            "sumo", "-n", config.net_file,
+            "--begin", "0",
+            "--step-length", "1",
+            "--seed", str(config.seed),
+            "--no-step-log", "true",
+            "--duration-log.disable", "true",
+            "--no-warnings", "true",
+            # A jam must stay a jam in the twin: teleports would hide the delay of a bad plan.
+            "--time-to-teleport", "-1",
+            # Candidate switches are not checked for intergreens here (the safety gate is);
+            # a transient conflict must not stop the run.
+            "--collision.action", "none",
+        ])
+        s = libsumo
+        s.vehicletype.copy("DEFAULT_VEHTYPE", "twin_car")
+        s.vehicletype.copy("DEFAULT_VEHTYPE", "twin_bus")
+        s.vehicletype.setVehicleClass("twin_bus", "bus")
+        s.vehicletype.setLength("twin_bus", config.bus_length_m)
+        s.vehicletype.setAccel("twin_bus", 1.2)
+        for vt in ("twin_car", "twin_bus"):
+            # Without driver imperfection and speed spread the twin is deterministic, and
+            # the delay difference between candidates comes from the plans alone.
+            s.vehicletype.setImperfection(vt, 0.0)
+            s.vehicletype.setSpeedDeviation(vt, 0.0)
+        self.route_ids: dict[tuple[str, str], str] = {}
+        for r in config.routes:
+            for k, edge in enumerate(r.edges[:-1]):
+                rid = f"{r.id}@{edge}"
+                s.route.add(rid, list(r.edges[k:]))
+                self.route_ids[(r.id, edge)] = rid
+        s.simulation.saveState(self.base)
+
+    # -- building the initial state ------------------------------------------------
+    def build(self, snapshot: TwinSnapshot) -> None:
+        if self.built == snapshot:
+            return
+        cfg = self.config
+        s = self.sumo
+        s.simulation.loadState(self.base)
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(b"twin")])
+        routes_by_group: dict[str, list[str]] = {}
+        for r in cfg.routes:
+            routes_by_group.setdefault(r.group, []).append(r.id)
+        shares = snapshot.route_shares
+        route_of = {r.id: r for r in cfg.routes}
+        departs: list[int] = []
+        self.kinds = {}
+        n = 0
+        for v in snapshot.vehicles:
+            if v.groups and v.groups[0].startswith("@"):
+                options = list(cfg.lane_routes.get(v.groups[0][1:], ()))
+            else:
+                options = [rid for g in v.groups for rid in routes_by_group.get(g, [])]
+            edge = cfg.lanes[v.lane].edge
+            options = [o for o in options if (o, edge) in self.route_ids]
+            if not options:
+                continue
+            rid = _draw(rng, options, shares)
+            vid = f"{'b' if v.kind == BUS else 'c'}{n}"
+            n += 1
+            s.vehicle.add(
+                vid, self.route_ids[(rid, edge)],
+                typeID="twin_bus" if v.kind == BUS else "twin_car",
+                depart="0", departLane=str(cfg.lanes[v.lane].index),
+                departPos=f"{v.pos_m:.2f}", departSpeed="max" if v.moving else "0",
+            )
+            self.kinds[vid] = v.kind
+            departs.append(0)
+        h = cfg.horizon_s
+        for a in cfg.approaches:
+            rate = sum(snapshot.flows_veh_h.get(g, 0.0) for g in a.groups) / 3600.0
+            options = [r.id for r in cfg.routes if r.approach == a.id]
+            if rate <= 0 or not options:
+                continue
+            # Vehicles between the entry and the upstream loop are unseen: arrivals start
+            # one entry-edge travel time early, the early ones already on the entry edge.
+            lead = a.unseen_m / cfg.free_speed_mps
+            t = -lead
+            while True:
+                t += float(rng.exponential(1.0 / rate))
+                if t >= h:
+                    break
+                rid = _draw(rng, options, shares)
+                vid = f"c{n}"
+                n += 1
+                first = route_of[rid].edges[0]
+                if t < 0:
+                    pos = min(-t * cfg.free_speed_mps, a.unseen_m - 1.0)
+                    s.vehicle.add(vid, self.route_ids[(rid, first)], typeID="twin_car",
+                                  depart="0", departLane="best", departPos=f"{pos:.2f}",
+                                  departSpeed="max")
+                    departs.append(0)
+                else:
+                    s.vehicle.add(vid, self.route_ids[(rid, first)], typeID="twin_car",
+                                  depart=f"{t:.2f}", departLane="best", departSpeed="max")
+                    departs.append(math.ceil(t))
+                self.kinds[vid] = CAR
+        counts = np.bincount(np.array(departs, dtype=np.int64), minlength=h + 1)[:h]
+        self.schedule = np.cumsum(counts)
+        s.simulation.saveState(self.state)
+        self.built = snapshot
+
+    # -- scoring ----------------------------------------------------------------------
+    def score(self, snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
+        started = time.perf_counter()
+        cfg = self.config
+        self.build(snapshot)
+        s = self.sumo
+        run_table = self._table(snapshot.running)
+        cand_table = self._table(program)
+        seconds = timeline(snapshot, program, cfg.horizon_s)
+        s.simulation.loadState(self.state)
+        tls = cfg.tls_id
+        set_state = s.trafficlight.setRedYellowGreenState
+        step = s.simulationStep
+        ids = s.vehicle.getIDList
+        get_loss = s.vehicle.getTimeLoss
+        departed_now = s.simulation.getDepartedNumber
+        loss: dict[str, float] = {}
+        departed = 0
+        pending_s = 0
+        for k, c in enumerate(seconds):
+            set_state(tls, run_table[c] if c >= 0 else cand_table[-1 - c])
+            step()
+            departed += departed_now()
+            # Vehicles held at the network entry by a queue lose time too (insertion delay).
+            pending_s += int(self.schedule[k]) - departed
+            for vid in ids():
+                loss[vid] = get_loss(vid)
+        occ_car = cfg.occupancy.get(CAR, 1.0)
+        occ_bus = cfg.occupancy.get(BUS, 1.0)
+        n_bus = sum(1 for k in self.kinds.values() if k == BUS)
+        n_car = len(self.kinds) - n_bus
+        bus_loss = sum(v for vid, v in loss.items() if self.kinds.get(vid) == BUS)
+        car_loss = sum(loss.values()) - bus_loss + max(0, pending_s)
+        ped_loss, peds = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
+        persons = occ_car * n_car + occ_bus * n_bus + peds
+        person_loss = occ_car * car_loss + occ_bus * bus_loss + ped_loss
+        n_veh = n_car + n_bus
+        return TwinScore(
+            program_id=program.id,
+            person_delay_s=person_loss / persons if persons > 0 else 0.0,
+            vehicle_delay_s=(car_loss + bus_loss) / n_veh if n_veh else 0.0,
+            pedestrian_delay_s=ped_loss / peds if peds > 0 else 0.0,
+            bus_delay_s=bus_loss / n_bus if n_bus else 0.0,
+            vehicles=n_veh,
+            sim_s=float(cfg.horizon_s),
+            wall_s=time.perf_counter() - started,
+        )
+
+    def _table(self, program: SignalProgram) -> tuple[str, ...]:
+        key = (program.id, hash(program))
+        hit = self.tables.get(key)
+        if hit is None:
+            if len(self.tables) > 256:
+                self.tables.clear()
+            hit = self.tables[key] = link_state_table(self.config.signals, program)
+        return hit
+
+
+def _draw(rng: np.random.Generator, options: Sequence[str], shares: Mapping[str, float]) -> str:
+    weights = np.array([max(shares.get(o, 0.0), 0.0) for o in options], dtype=float)
+    total = weights.sum()
+    if total <= 0:
+        return options[int(rng.integers(len(options)))]
+    return options[int(rng.choice(len(options), p=weights / total))]
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(config: TwinConfig, scratch: str) -> None:
+    """Process pool initializer: one libsumo simulation per worker process."""
+    if not isinstance(config, TwinConfig) or not isinstance(scratch, str):
+        raise TypeError("a twin worker starts from a TwinConfig and a scratch directory only")
+    global _WORKER  # noqa: PLW0603  # one simulation per process is libsumo's own rule
+    _WORKER = _Worker(config, scratch)
+    (Path(scratch) / f"worker-{os.getpid()}").touch()
+
+
+def _score_task(snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
+    """Worker entry: the twin sees nothing but the snapshot and the program."""
+    if not isinstance(snapshot, TwinSnapshot) or not isinstance(program, SignalProgram):
+        raise TypeError(
+            f"twin task got {type(snapshot).__name__}, {type(program).__name__}; "
+            "only TwinSnapshot and SignalProgram may reach the twin"
+        )
+    if _WORKER is None:
+        raise RuntimeError("twin worker not initialised")
+    return _WORKER.score(snapshot, program)
+
+
+# --------------------------------------------------------------------------- service side
+
+
+class SumoTwin:
+    """A pool of twin worker processes; ``evaluate`` scores programs from a snapshot.
+
+    Each worker builds the snapshot's initial state once (cached while the
+    snapshot is the same) and scores every program it is given from it, so
+    programs spread over the workers without sharing state files; the build is
+    deterministic, so every worker starts from the same state.
+    """
+
+    def __init__(self, config: TwinConfig, workers: int = 2) -> None:
+        if workers < 1:
+            raise ValueError("the twin needs at least one worker")
+        self.config = config
+        self.workers = workers
+        self._scratch = tempfile.mkdtemp(prefix="atsc-twin-")
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(config, self._scratch),
+        )
+
+    def submit(
+        self, snapshot: TwinSnapshot, programs: Sequence[SignalProgram]
+    ) -> list[Future[TwinScore]]:
+        """One future per program (``asyncio.wrap_future`` makes them awaitable)."""
+        if self._pool is None:
+            raise RuntimeError("twin is closed")
+        return [self._pool.submit(_score_task, snapshot, p) for p in programs]
+
+    def evaluate(
+        self,
+        snapshot: TwinSnapshot,
+        programs: Sequence[SignalProgram],
+        timeout: float | None = None,
+    ) -> list[TwinScore]:
+        """Scores in the order of ``programs`` (blocking: call it from an executor)."""
+        futures = self.submit(snapshot, programs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: list[TwinScore] = []
+        for f in futures:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(f.result(timeout=left))
+        return out
+
+    def warm_up(self) -> None:
+        """Start every worker now instead of on the first evaluation."""
+        if self._pool is None:
+            raise RuntimeError("twin is closed")
+        # The pool spawns all its workers on first use; wait until each has started.
+        self._pool.submit(os.getpid).result()
+        while len(self.worker_pids()) < self.workers:
+            time.sleep(0.02)
+
+    def worker_pids(self) -> tuple[int, ...]:
+        """Process ids of the workers that have started (for tests and metrics)."""
+        names = os.listdir(self._scratch) if os.path.isdir(self._scratch) else []
+        return tuple(sorted(int(n.split("-")[1]) for n in names if n.startswith("worker-")))
+
+    def close(self) -> None:
+        """Stop the workers (each ends its simulation with its process) and remove scratch."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def __enter__(self) -> SumoTwin:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
