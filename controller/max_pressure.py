@@ -38,7 +38,7 @@ class MaxPressureConfig:
     max_green_s: int = 60
     #: A group this close to its max red gets its stage next.  The margin covers the
     #: running stage's remaining minimum green, an early pedestrian end and the transition.
-    starvation_margin_s: int = 70
+    starvation_margin_s: int = 40
     #: Pressure a stop-line loop occupied for the whole last second adds
     #: (a movement with a presence but no queue detector).
     presence_weight: float = 1.0
@@ -59,6 +59,12 @@ class MaxPressure:
         self.stages = tuple(sequence) if sequence else tuple(s.id for s in junction.stages)
         self.stepper = StageStepper(junction, self.stages[0])
         self._max_green = self._max_greens()
+        lanes: dict[str, set[str]] = {}
+        for d in detectors:
+            if d.kind is DetectorKind.QUEUE:
+                for g in d.groups:
+                    lanes.setdefault(g, set()).update(d.lanes[-1:])
+        self._lanes = {g: len(v) for g, v in lanes.items()}
         self._detectors = {d.id: d for d in detectors}
         self._queue_m: dict[str, float] = {}
         self._presence: dict[str, bool] = {}
@@ -72,7 +78,9 @@ class MaxPressure:
             for s in self.stages
         }
         lost = lost_time_s(j, self.stages)
-        room = max(0, j.max_cycle_s - lost - sum(mins.values()))
+        # Two seconds per stage of slack: transitions can run longer than the classic lost
+        # time when a short stage leaves a clearance to wait for.
+        room = max(0, j.max_cycle_s - lost - sum(mins.values()) - 2 * len(self.stages))
         return {
             s: min(self.config.max_green_s, mins[s] + room // len(self.stages))
             for s in self.stages
@@ -90,12 +98,18 @@ class MaxPressure:
             self._pressed[info.id] = True
 
     def group_pressure(self) -> dict[str, float]:
+        """Queued vehicles times the group's discharge capacity (lanes), per Varaiya's weights.
+
+        A two-lane through movement empties a queue twice as fast as a one-lane left turn,
+        so the same queue there is worth twice the green.
+        """
         cfg = self.config
         out: dict[str, float] = dict.fromkeys(self.junction.group_ids, 0.0)
         for det_id, q in self._queue_m.items():
             groups = self._detectors[det_id].groups
             for g in groups:
-                out[g] += q / cfg.vehicle_spacing_m / max(1, len(groups))
+                queued = q / cfg.vehicle_spacing_m / max(1, len(groups))
+                out[g] += queued * self._lanes.get(g, 1)
         for det_id, present in self._presence.items():
             if present:
                 for g in self._detectors[det_id].groups:
@@ -123,12 +137,14 @@ class MaxPressure:
             s: sum(pressure[g] for g in self.junction.stage(s).groups) for s in self.stages
         }
         starving = self._starving(pressure)
+        if starving is not None and starving != st.stage:
+            # Safety net for skipped stages: a group near its maximum red goes next.
+            return starving
         nxt = self._next_with_demand(stage_p, starving)
         if nxt is None or nxt == st.stage:
             return None
-        if starving is not None:
-            return nxt
-        if st.stage_elapsed_s >= self._max_green[st.stage]:
+        # The stage's green runs on through any early pedestrian end before the transition.
+        if st.stage_elapsed_s + st.closing_lead(nxt) >= self._max_green[st.stage]:
             return nxt
         if stage_p[st.stage] <= 0 or stage_p[nxt] > stage_p[st.stage] + cfg.margin_veh:
             return nxt

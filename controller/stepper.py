@@ -54,6 +54,12 @@ class StageStepper:
             self.can_switch_to(s.id) for s in self.junction.stages if s.id != self.stage
         )
 
+    def closing_lead(self, target: str) -> int:
+        """Seconds between asking for ``target`` and the start of the transition to it."""
+        j = self.junction
+        ending = j.stage(self.stage).groups - j.stage(target).groups
+        return max((j.early_end(g) for g in ending), default=0)
+
     def can_switch_to(self, target: str) -> bool:
         """Whether a change to ``target`` starting now keeps every minimum green.
 
