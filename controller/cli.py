@@ -4,6 +4,8 @@
     atsc run --net FILE --routes FILE[,FILE] --tls ID ...
     atsc run --sumocfg FILE --tls ID [--begin S] [--end S] ...
     atsc scenarios                     list the shipped scenarios
+    atsc serve [--config FILE] [--broker HOST:PORT] [--metrics-port N]
+    atsc field SCENARIO [--broker HOST:PORT] [--speed X]
 
 This module is the composition root: the only place in ``controller/`` that
 imports ``sim/`` (lazily, inside the commands), so the controller core stays
@@ -49,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html")
 
     sub.add_parser("scenarios", help="list the shipped scenarios")
+
+    serve = sub.add_parser("serve", help="run the live controller service (MQTT)")
+    serve.add_argument("--config", type=Path,
+                       help="service config (TOML); default: the Schlosskreuzung example in ops/")
+    serve.add_argument("--broker", metavar="HOST:PORT", help="override the config's broker")
+    serve.add_argument("--metrics-port", type=int, help="override the Prometheus port")
+
+    fld = sub.add_parser("field", help="hardware-in-the-loop: a SUMO field on an MQTT broker")
+    fld.add_argument("scenario", help="scenario name under scenarios/, or a .toml path")
+    fld.add_argument("--broker", metavar="HOST:PORT", default="127.0.0.1:1883")
+    fld.add_argument("--speed", type=float, default=1.0,
+                     help="simulated seconds per wall-clock second (1 = real time)")
+    fld.add_argument("--seed", type=int, default=1)
+    fld.add_argument("--out", type=Path, default=Path("out/field"))
+    fld.add_argument("--begin", type=float, help="simulation begin (s)")
+    fld.add_argument("--end", type=float, help="simulation end (s)")
+    fld.add_argument("--junction-name", help="topic junction name (default: the junction's)")
+    fld.add_argument("--username", help="MQTT username (default: field-<junction>)")
+    fld.add_argument("--password-file", type=Path, help="file holding the MQTT password")
+    fld.add_argument("--cafile", type=Path, help="CA certificate for TLS")
     return p
 
 
@@ -57,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "serve":
+            from controller.service.app import serve_command
+
+            return serve_command(args)
+        if args.command == "field":
+            from sim.field_mqtt import field_command
+
+            return field_command(args)
         if args.command == "scenarios":
             from sim.demand import list_scenarios, load_scenario
 
