@@ -543,7 +543,7 @@ class AdaptiveCore:
         limits = self.config.limits
         own = validate(self.junction, program, previous=running, limits=limits)
         back = validate_switch(self.junction, program, self.fallback, limits)
-        return ()
+        return own + back
 
     def _command(self, program: SignalProgram, now: float) -> PlanCommand:
         self._seq += 1
