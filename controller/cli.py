@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         case_from_network,
         case_from_scenario,
         case_from_sumocfg,
+        check_window,
         junction_of,
         known_controllers,
     )
@@ -140,6 +142,14 @@ def _run(args: argparse.Namespace) -> int:
                                  additional_files=_split(args.additional))
     elif args.scenario:
         case = case_from_scenario(args.scenario)
+        if args.begin is not None or args.end is not None or args.warmup is not None:
+            case = replace(
+                case,
+                begin_s=case.begin_s if args.begin is None else args.begin,
+                end_s=case.end_s if args.end is None else args.end,
+                warmup_s=case.warmup_s if args.warmup is None else args.warmup,
+            )
+            check_window(case.begin_s, case.end_s, case.warmup_s, args.scenario)
     else:
         raise ConfigError("name a scenario, or give --net/--routes/--tls or --sumocfg/--tls")
 

@@ -132,6 +132,13 @@ def simulate(
             writer.writerow(["time_s", "approach", "queue_m", "halting_veh"])
             t = sumo.simulation.getTime()
             next_report = t + 900
+            # The first second already shows the driver's states, never the network's
+            # built-in program.
+            first = driver.step(t, [])
+            if first is not None:
+                sumo.trafficlight.setRedYellowGreenState(tls, links.encode(first))
+                for fault in monitor.observe(first):
+                    result.monitor_faults.append(str(fault))
             while t < run.end_s:
                 sumo.simulationStep()
                 t = sumo.simulation.getTime()

@@ -89,7 +89,7 @@ def case_from_network(
             raise ConfigError(f"{what} not found", path)
     if not route_files:
         raise ConfigError("no route files given (--routes FILE[,FILE])")
-    _check_window(begin_s, end_s, warmup_s, net_file)
+    check_window(begin_s, end_s, warmup_s, net_file)
     derive_junction(Path(net_file), tls_id, additional_files=additional_files)  # fail early
     return Case(
         label=Path(net_file).name.split(".")[0],
@@ -145,7 +145,7 @@ def case_from_sumocfg(
     return replace(case, label=cfg.name.split(".")[0], sumocfg=cfg.resolve())
 
 
-def _check_window(begin_s: float, end_s: float, warmup_s: float, where: Path | str) -> None:
+def check_window(begin_s: float, end_s: float, warmup_s: float, where: Path | str) -> None:
     if not end_s > begin_s:
         raise ConfigError(f"end ({end_s}) must be after begin ({begin_s})", where)
     if not 0 <= warmup_s < end_s - begin_s:
