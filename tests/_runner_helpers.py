@@ -10,7 +10,9 @@ from sim.field import sumo_binary
 from sim.runner import Case, case_from_scenario
 
 
-def short_case(scenario: str = "morning_peak", end_s: float = 900.0, warmup_s: float = 300.0) -> Case:
+def short_case(
+    scenario: str = "morning_peak", end_s: float = 900.0, warmup_s: float = 300.0
+) -> Case:
     """A scenario cut to a short window (the demand of its first minutes)."""
     return replace(case_from_scenario(scenario), end_s=end_s, warmup_s=warmup_s)
 
@@ -32,12 +34,10 @@ def generated_network(workdir: Path) -> tuple[Path, Path, str]:
     trips = []
     edges_in = ["A1B1", "C1B1", "B0B1", "B2B1"]
     edges_out = ["B1A1", "B1C1", "B1B0", "B1B2"]
-    k = 0
-    for t in range(0, 600, 4):
+    for k, t in enumerate(range(0, 600, 4)):
         src = edges_in[k % 4]
         dst = edges_out[(k // 4 + k) % 4]
         if dst[2:] != src[:2]:
             trips.append(f'  <trip id="t{k}" depart="{t}" from="{src}" to="{dst}"/>')
-        k += 1
     routes.write_text("<routes>\n" + "\n".join(trips) + "\n</routes>\n")
     return net, routes, "B1"
