@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from _toy_junction import toy_junction
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from controller.plans import compile_plan, transition
 from controller.webster import split_greens, webster_plan
-from _toy_junction import toy_junction
 
 SEQ = ("P1", "P2", "P3", "P4")
 
