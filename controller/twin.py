@@ -564,7 +564,7 @@ class _Worker:
         self.built: TwinSnapshot | None = None
         self.schedule: np.ndarray = np.zeros(config.horizon_s, dtype=np.int64)
         self.kinds: dict[str, str] = {}
-        self.tables: dict[tuple[str, int], tuple[str, ...]] = {}
+        self.tables: dict[tuple[object, ...], tuple[str, ...]] = {}
         libsumo.start([
             "sumo", "-n", config.net_file,
             "--begin", "0",
@@ -717,7 +717,7 @@ class _Worker:
         )
 
     def _table(self, program: SignalProgram) -> tuple[str, ...]:
-        key = (program.id, hash(program))
+        key = (program.id, program.cycle_s, tuple(sorted(program.greens.items())))
         hit = self.tables.get(key)
         if hit is None:
             if len(self.tables) > 256:
@@ -810,10 +810,10 @@ class SumoTwin:
         """Start every worker now instead of on the first evaluation."""
         if self._pool is None:
             raise RuntimeError("twin is closed")
-        # The pool spawns all its workers on first use; wait until each has started.
-        self._pool.submit(os.getpid).result()
-        while len(self.worker_pids()) < self.workers:
-            time.sleep(0.02)
+        # The pool spawns a worker per submission while none is idle, so submitting one
+        # task per worker at once starts them all.
+        for f in [self._pool.submit(os.getpid) for _ in range(self.workers)]:
+            f.result()
 
     def worker_pids(self) -> tuple[int, ...]:
         """Process ids of the workers that have started (for tests and metrics)."""
