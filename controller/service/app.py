@@ -1,0 +1,658 @@
+"""``atsc serve``: the live service for one junction (asyncio shell around the sans-I/O core).
+
+Threads and what runs where:
+
+- the event loop: MQTT (``MqttTransport``: ingest gate, publishing), the
+  once-per-second control loop, sd_notify, signals;
+- one core thread: every call into ``AdaptiveCore`` and its perception
+  (readings, states, acks, ``tick``), so the core is never touched by two
+  threads and a decision, twin evaluations included, never runs on the loop;
+- the twin's worker processes (``controller.twin.SumoTwin``);
+- prometheus_client's HTTP server thread.
+
+Each second the control loop drains the transport and hands the batch to the
+core thread (``transport.dispatch`` then ``core.tick``, the order of
+``transport.exchange``), then publishes what the core decided and updates the
+metrics.  While a decision is still running the loop keeps its rhythm and
+buffers; the systemd watchdog is pinged from this loop only while a core step
+is not overdue, so a hung loop or a hung decision both stop the pings.
+
+Start-up (safety.md D5): the core's decisions start, ``READY=1`` is sent and
+``service/status`` becomes ``online`` only once enough detectors are healthy
+and a fresh hardware state has been seen.  SIGTERM: stop pushing, publish
+``stopping`` (the hardware returns to its fallback program at its next switch
+point), flush, exit 0.  Behaviour and configuration: docs/service.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client import Histogram, start_http_server
+
+from controller.adaptive import (
+    AdaptiveConfig,
+    AdaptiveCore,
+    AnalyticEvaluator,
+    Decision,
+    DetectorPerception,
+    EstimateSnapshots,
+    SnapshotSource,
+)
+from controller.errors import ConfigError
+from controller.estimator import Estimate
+from controller.health import Degradation, Fault
+from controller.messages import (
+    AckStatus,
+    DetectorReading,
+    HardwareState,
+    PlanAck,
+    PlanCommand,
+)
+from controller.metrics import Metrics
+from controller.plans import SignalProgram, StagePlan, compile_plan
+from controller.safety import validate
+from controller.service.config import ServiceConfig, load_config
+from controller.service.mqtt import Arrival, MqttTransport
+from controller.service.notify import Notifier
+from controller.transport import dispatch
+from controller.wire import ReadingGate, Rejected, ServiceState, decode_plan
+
+log = logging.getLogger("atsc.service")
+
+#: The control loop's period: the core's clock advances once per second.
+PERIOD_S: Final = 1.0
+#: Estimates for the queue/delay/flow gauges are refreshed this often.
+ESTIMATE_EVERY_S: Final = 5.0
+#: SIGTERM to exit: publishing the final status gets this much of it.
+STATUS_FLUSH_S: Final = 2.0
+#: Remembered published commands (lease tracking from acks).
+_PUBLISHED_KEPT: Final = 64
+SEQ_FILE: Final = "last_plan_seq"
+
+
+def version() -> str:
+    try:
+        return metadata.version("atsc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- building the parts --------------------------------------------------------------------
+
+
+def load_fallback(cfg: ServiceConfig, signals: Any) -> SignalProgram:
+    """The hardware's stored program, from the config; it must pass the safety validator."""
+    fb = cfg.fallback
+    if fb.program_file is not None:
+        try:
+            text = fb.program_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"[fallback] program_file: {exc.strerror}", cfg.source) from exc
+        # A program object is the "program" of a plan command: reuse the wire's checks.
+        envelope = (b'{"program":' + text.strip() + b',"issued":946684800,'
+                    b'"valid_from":946684800,"lease_s":1,"seq":0}')
+        decoded = decode_plan(envelope, topic=str(fb.program_file))
+        if isinstance(decoded, Rejected):
+            raise ConfigError(f"[fallback] program_file {fb.program_file}: {decoded.reason}: "
+                              f"{decoded.detail}", cfg.source)
+        program = decoded.program
+    else:
+        assert fb.id is not None
+        try:
+            program = compile_plan(signals, StagePlan(fb.stages, fb.greens_s, fb.offset_s), fb.id)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"[fallback] stages/greens_s: {exc}", cfg.source) from exc
+    violations = validate(signals, program)
+    if violations:
+        raise ConfigError(f"[fallback] program {program.id} fails the safety validator: "
+                          f"{violations[0].rule} {violations[0].message}", cfg.source)
+    return program
+
+
+class MeasuredEvaluator:
+    """Wraps the evaluator: a time limit per decision and one histogram sample per program."""
+
+    def __init__(self, inner: Any, histogram: Histogram, timeout_s: float) -> None:
+        self.inner = inner
+        self.histogram = histogram
+        self.timeout_s = timeout_s
+
+    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> Sequence[Any]:
+        from controller.twin import SumoTwin
+
+        started = time.perf_counter()
+        if isinstance(self.inner, SumoTwin):
+            scores = self.inner.evaluate(snapshot, programs, timeout=self.timeout_s)
+            for s in scores:
+                self.histogram.observe(s.wall_s)
+            return scores
+        out: Sequence[Any] = self.inner.evaluate(snapshot, programs)
+        each = (time.perf_counter() - started) / max(1, len(programs))
+        for _ in programs:
+            self.histogram.observe(each)
+        return out
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Parts:
+    core: AdaptiveCore
+    perception: DetectorPerception
+    close: Callable[[], None]
+    warm_up: Callable[[], None] = _nothing
+    worker_pids: Callable[[], tuple[int, ...]] = tuple
+
+
+def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics: Metrics,
+                first_seq: int) -> Parts:
+    """Perception, optimiser and evaluator as ``sim.adaptive_driver`` wires them, for MQTT."""
+    from controller.optimiser import propose
+
+    snapshots: SnapshotSource
+    close: Callable[[], None] = _nothing
+    warm_up: Callable[[], None] = _nothing
+    worker_pids: Callable[[], tuple[int, ...]] = tuple
+    if cfg.twin.evaluator == "sumo":
+        from controller.twin import SnapshotBuilder, SumoTwin
+        from sim.twin_config import twin_config_from_model
+
+        twin_cfg = twin_config_from_model(model, horizon_s=cfg.twin.horizon_s)
+        twin = SumoTwin(twin_cfg, workers=cfg.twin.workers)
+        inner: Any = twin
+        snapshots = SnapshotBuilder(twin_cfg)
+        close, warm_up, worker_pids = twin.close, twin.warm_up, twin.worker_pids
+    else:
+        inner = AnalyticEvaluator(model.signals)
+        snapshots = EstimateSnapshots()
+    perception = DetectorPerception(
+        model.signals, model.detectors, snapshots,
+        lanes_per_group={
+            g.id: max(1, len(model.group_in_lanes.get(g.id, ())))
+            for g in model.signals.groups if g.is_vehicular
+        },
+        turns={g.id: g.label for g in model.signals.groups},
+    )
+    c = cfg.controller
+    try:
+        adaptive = AdaptiveConfig(
+            margin=c.margin, min_gain_s=c.min_gain_s, lease_cycles=c.lease_cycles,
+            decision_lead_s=c.decision_lead_s, max_state_age_s=c.max_state_age_s,
+            program_prefix=c.program_prefix,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[controller] {exc}", cfg.source) from exc
+    core = AdaptiveCore(
+        model.signals, fallback, perception=perception, proposer=propose,
+        evaluator=MeasuredEvaluator(inner, metrics.twin_evaluation_duration_seconds,
+                                    cfg.twin.timeout_s),
+        config=adaptive, timer=time.perf_counter, first_seq=first_seq,
+    )
+    return Parts(core, perception, close, warm_up, worker_pids)
+
+
+def state_directory() -> Path | None:
+    """systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``, first entry), if any."""
+    raw = os.environ.get("STATE_DIRECTORY", "")
+    first = raw.split(":")[0]
+    return Path(first) if first else None
+
+
+def first_seq(state_dir: Path | None, now: float) -> int:
+    """Start above every seq a predecessor used: the hardware ignores seqs it has seen.
+
+    Unix time in milliseconds grows far faster than one command a minute, so it
+    alone works across restarts; the seq persisted in the state directory
+    covers a clock that was stepped back.
+    """
+    seq = int(now * 1000)
+    if state_dir is not None:
+        with contextlib.suppress(OSError, ValueError):
+            seq = max(seq, int((state_dir / SEQ_FILE).read_text().strip()) + 1)
+    return seq
+
+
+# -- one step of the core (runs on the core thread) -------------------------------------------
+
+
+@dataclass
+class StepResult:
+    commands: list[PlanCommand]
+    decisions: list[Decision]
+    faulty: Mapping[str, Fault]
+    degradation: Degradation
+    estimate: Estimate | None
+    rejected_by_rule: Counter[str]
+    states: list[HardwareState] = field(default_factory=list)
+    acks: list[PlanAck] = field(default_factory=list)
+    newest_ts: dict[str, float] = field(default_factory=dict)
+
+
+class Service:
+    """One junction's live service; ``run`` returns the exit code."""
+
+    def __init__(self, cfg: ServiceConfig, model: Any, fallback: SignalProgram, *,
+                 notifier: Notifier | None = None, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.fallback = fallback
+        self.clock = clock
+        self.version = version()
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(version=self.version)
+        self.detector_ids = tuple(d.id for d in model.detectors)
+        self.approach_ids = frozenset(a.id for a in model.approaches)
+        self.metrics.pre_initialise(self.detector_ids, sorted(self.approach_ids))
+        for det in self.detector_ids:
+            # No reading yet: infinitely old, so the stale-data alert sees it.
+            self.metrics.detector_data_age_seconds.labels(detector=det).set(math.inf)
+        self.metrics.fallback_active.set(1)
+        self.state_dir = state_directory()
+        self.parts = build_parts(cfg, model, fallback, self.metrics,
+                                 first_seq(self.state_dir, clock()))
+        self.core = self.parts.core
+        d = cfg.detectors
+        self.gate = ReadingGate(
+            {info.id: info for info in model.detectors}, cfg.junction.name,
+            max_payload_bytes=d.max_payload_bytes, max_future_s=d.max_future_s,
+            max_age_s=d.max_age_s, restart_max_seq=d.restart_max_seq,
+        )
+        self.transport = MqttTransport(
+            cfg.mqtt, cfg.junction.name, self.gate, self.metrics, version=self.version,
+            max_age_s=d.max_age_s, max_future_s=d.max_future_s, clock=clock,
+            on_published=self._on_published,
+        )
+        self._core_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="atsc-core")
+        self.ready = False
+        self.stopping = False
+        self._programs: dict[str, SignalProgram] = {fallback.id: fallback}
+        self._published: dict[int, PlanCommand] = {}
+        self._lease_until: float | None = None
+        self._lease_seq = -1
+        self._state: HardwareState | None = None
+        self._newest_ts: dict[str, float] = {}
+        self._faulty: Mapping[str, Fault] = {d: Fault.STALE for d in self.detector_ids}
+        self._rule_counts: Counter[str] = Counter()
+        self._last_estimate = -math.inf
+        self._status_text = ""
+        self._unknown_program_logged: set[str] = set()
+        self._http: Any = None
+
+    # -- wiring callbacks ----------------------------------------------------------------
+    def _on_published(self, cmd: PlanCommand) -> None:
+        self._published_cmd(cmd)
+        if self.state_dir is not None:
+            path = self.state_dir / SEQ_FILE
+            try:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(f"{cmd.seq}\n")
+                tmp.replace(path)
+            except OSError as exc:
+                log.warning("cannot persist the plan seq in %s: %s", path, exc)
+
+    def _published_cmd(self, cmd: PlanCommand) -> None:
+        self._published[cmd.seq] = cmd
+        self._programs[cmd.program.id] = cmd.program
+        while len(self._published) > _PUBLISHED_KEPT:
+            del self._published[min(self._published)]
+        while len(self._programs) > _PUBLISHED_KEPT:
+            oldest = next(k for k in self._programs if k != self.fallback.id)
+            del self._programs[oldest]
+
+    # -- the core step (core thread) ---------------------------------------------------------
+    def _step(self, batch: list[Arrival], now: float, decide: bool,
+              running: SignalProgram, want_estimate: bool) -> StepResult:
+        handed = time.perf_counter()
+        hist = self.metrics.ingest_latency_seconds
+        states: list[HardwareState] = []
+        acks: list[PlanAck] = []
+        newest: dict[str, float] = {}
+        for a in batch:
+            msg = a.message
+            if isinstance(msg, DetectorReading):
+                hist.observe(max(0.0, handed - a.arrived))
+                newest[msg.detector_id] = max(msg.ts, newest.get(msg.detector_id, msg.ts))
+            elif isinstance(msg, HardwareState):
+                states.append(msg)
+            else:
+                acks.append(msg)
+        dispatch(self.core, [a.message for a in batch], now)
+        before = self.core.stats.decisions
+        if decide:
+            commands = self.core.tick(now)
+        else:
+            # Before readiness only health advances; no decision epoch may run (D5).
+            self.parts.perception.tick(now)
+            commands = []
+        n_new = self.core.stats.decisions - before
+        decisions = list(self.core.decisions)[-n_new:] if n_new > 0 else []
+        estimate = None
+        if want_estimate:
+            try:
+                estimate = self.parts.perception.estimate(now, running)
+            except Exception:  # metrics must never stop the control loop
+                log.exception("estimate for the metrics failed")
+        return StepResult(
+            commands=commands, decisions=decisions,
+            faulty=self.parts.perception.monitor.faulty(),
+            degradation=self.parts.perception.degradation(), estimate=estimate,
+            rejected_by_rule=Counter(self.core.stats.rejected_by_rule),
+            states=states, acks=acks, newest_ts=newest,
+        )
+
+    # -- after a step (event loop) ------------------------------------------------------------
+    def _apply(self, r: StepResult, now: float) -> None:
+        m = self.metrics
+        for det, ts in r.newest_ts.items():
+            self._newest_ts[det] = max(ts, self._newest_ts.get(det, ts))
+        for det, ts in self._newest_ts.items():
+            m.detector_data_age_seconds.labels(detector=det).set(max(0.0, now - ts))
+        went_faulty: dict[str, list[str]] = {}
+        recovered: list[str] = []
+        for det in self.detector_ids:
+            old, new = self._faulty.get(det), r.faulty.get(det)
+            m.detector_healthy.labels(detector=det).set(0 if new is not None else 1)
+            if new is not None and new != old:
+                m.detector_faults_total.labels(fault=new.value).inc()
+                went_faulty.setdefault(new.value, []).append(det)
+            elif new is None and old is not None:
+                recovered.append(det)
+        # One line per kind of change: a broker outage turns every detector stale at once.
+        for fault, dets in went_faulty.items():
+            log.warning("detector(s) faulty (%s): %s", fault, ", ".join(dets))
+        if recovered:
+            log.info("detector(s) healthy again: %s", ", ".join(recovered))
+        self._faulty = r.faulty
+        m.detectors_faulty.set(len(r.faulty))
+        for rule, n in r.rejected_by_rule.items():
+            delta = n - self._rule_counts.get(rule, 0)
+            if delta > 0:
+                m.plans_rejected_total.labels(rule=rule).inc(delta)
+        self._rule_counts = r.rejected_by_rule
+        for d in r.decisions:
+            self._record_decision(d)
+        for ack in r.acks:
+            m.plan_acks_total.labels(status=ack.status.value).inc()
+            cmd = self._published.get(ack.seq)
+            if ack.status is AckStatus.ACCEPTED:
+                if cmd is not None and ack.seq > self._lease_seq:
+                    self._lease_seq = ack.seq
+                    self._lease_until = cmd.issued + cmd.lease_s
+            else:
+                log.error("hardware rejected plan seq=%d program=%s: %s", ack.seq,
+                          ack.program_id, ack.reason)
+        for state in r.states:
+            if self._state is None or state.ts >= self._state.ts:
+                self._state = state
+        st = self._state
+        if st is not None:
+            m.fallback_active.set(1 if st.fallback else 0)
+            adaptive = not st.fallback and st.program_id != self.fallback.id
+            m.adaptive_active.set(1 if adaptive else 0)
+            prog = self._programs.get(st.program_id)
+            if prog is not None:
+                m.cycle_seconds.set(prog.cycle_s)
+            elif st.program_id not in self._unknown_program_logged:
+                self._unknown_program_logged.add(st.program_id)
+                log.warning("hardware runs program %r, unknown to this service (fallback is "
+                            "%r): no adaptive control until it runs a known program",
+                            st.program_id, self.fallback.id)
+        lease = 0.0 if self._lease_until is None else max(0.0, self._lease_until - now)
+        m.lease_remaining_seconds.set(lease)
+        if r.estimate is not None:
+            for a, est in r.estimate.approaches.items():
+                if a not in self.approach_ids:
+                    continue  # groups without an approach (crossings) have no gauges
+                m.queue_length_meters.labels(approach=a).set(est.queue_m)
+                m.arrival_flow_vehicles_per_hour.labels(approach=a).set(est.flow_veh_h)
+                if est.delay_s is not None and math.isfinite(est.delay_s):
+                    m.estimated_delay_seconds.labels(approach=a).set(est.delay_s)
+
+    def _record_decision(self, d: Decision) -> None:
+        m = self.metrics
+        m.decision_duration_seconds.observe(d.latency.total_s)
+        m.plans_proposed_total.inc(len(d.candidates))
+        gated = [c for c in d.candidates if c.violations is not None]
+        passed = sum(1 for c in gated if not c.violations)
+        if passed:
+            m.plans_validated_total.inc(passed)
+        if gated:
+            # The core times its gate loop as a whole; spread it over the runs it made.
+            each = d.latency.validate_s / len(gated)
+            for _ in gated:
+                m.validation_duration_seconds.observe(each)
+        log.info("decision epoch=%d outcome=%s running=%s chosen=%s candidates=%d "
+                 "latency=%.3fs reason=%s", d.epoch, d.outcome.value, d.running_id, d.chosen,
+                 len(d.candidates), d.latency.total_s, d.reason)
+
+    def _inputs_ready(self, r: StepResult, now: float) -> tuple[bool, str]:
+        healthy = len(self.detector_ids) - len(r.faulty)
+        st = self._state
+        if st is None:
+            hw = "no hardware state yet"
+        elif now - st.ts > self.cfg.controller.max_state_age_s:
+            hw = f"hardware state {now - st.ts:.0f} s old"
+        else:
+            hw = ""
+        det = f"{healthy}/{len(self.detector_ids)} detectors healthy"
+        if not r.degradation.adaptive_allowed:
+            return False, f"{det} ({r.degradation.reason})" + (f"; {hw}" if hw else "")
+        if hw:
+            return False, f"{det}; {hw}"
+        return True, det
+
+    def _update_status(self, r: StepResult, now: float) -> None:
+        ok, why = self._inputs_ready(r, now)
+        if not self.ready:
+            if ok:
+                self.ready = True
+                log.info("inputs healthy (%s): ready, adaptive control %s", why,
+                         "on" if self.cfg.controller.adaptive else "off (shadow mode)")
+                self.transport.set_status(ServiceState.ONLINE)
+                self.notifier.ready(f"ready: {why}")
+                self._status_text = ""
+            else:
+                self._set_status_text(f"waiting for inputs: {why}")
+            return
+        st = self._state
+        running = "?" if st is None else st.program_id + (" (fallback)" if st.fallback else "")
+        broker = "broker connected" if self.transport.connected else "broker disconnected"
+        mode = "adaptive" if self.cfg.controller.adaptive else "shadow"
+        self._set_status_text(f"{mode}: running {running}; {why}; {broker}")
+
+    def _set_status_text(self, text: str) -> None:
+        if text != self._status_text:
+            self._status_text = text
+            self.notifier.status(text)
+
+    def _publish(self, commands: list[PlanCommand]) -> None:
+        for cmd in commands:
+            if self.stopping:
+                return
+            if not self.cfg.controller.adaptive:
+                log.info("shadow mode: plan seq=%d program=%s not pushed", cmd.seq,
+                         cmd.program.id)
+                continue
+            self.transport.publish(cmd)
+
+    # -- the control loop ---------------------------------------------------------------------
+    async def control_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A core step may legitimately take a whole twin evaluation; longer means hung.
+        overdue_s = self.cfg.twin.timeout_s + 5.0
+        pending: asyncio.Future[StepResult] | None = None
+        started = 0.0
+        step_now = 0.0
+        next_tick = time.monotonic()
+        while True:
+            if pending is None:
+                step_now = self.clock()
+                st = self._state
+                running = self._programs.get(st.program_id, self.fallback) if st else \
+                    self.fallback
+                want_estimate = step_now - self._last_estimate >= ESTIMATE_EVERY_S
+                if want_estimate:
+                    self._last_estimate = step_now
+                batch = self.transport.receive_timed()
+                pending = loop.run_in_executor(
+                    self._core_thread, self._step, batch, step_now, self.ready, running,
+                    want_estimate)
+                started = time.monotonic()
+            next_tick += PERIOD_S
+            if next_tick < time.monotonic():
+                next_tick = time.monotonic() + PERIOD_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pending),
+                                       timeout=max(0.0, next_tick - time.monotonic()))
+            if pending.done():
+                fut, pending = pending, None
+                try:
+                    result = fut.result()
+                except Exception:
+                    log.exception("core step failed; nothing published this second")
+                else:
+                    self._apply(result, self.clock())
+                    self._update_status(result, self.clock())
+                    self._publish(result.commands)
+            if pending is None or time.monotonic() - started < overdue_s:
+                self.notifier.watchdog()
+            else:
+                log.error("core step running for %.0f s: not pinging the watchdog",
+                          time.monotonic() - started)
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start_metrics_server(self) -> int:
+        mc = self.cfg.metrics
+        try:
+            server, _thread = start_http_server(mc.port, addr=mc.bind,
+                                                registry=self.metrics.registry)
+        except OSError as exc:
+            raise ConfigError(f"[metrics] cannot listen on {mc.bind}:{mc.port}: {exc.strerror}"
+                              " (port in use? set [metrics] port or --metrics-port)",
+                              self.cfg.source) from exc
+        self._http = server
+        port = int(server.server_port)
+        log.info("metrics on http://%s:%d/metrics", mc.bind, port)
+        return port
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._set_status_text("starting: connecting to the broker")
+        log.info("atsc %s serving junction %s (%d detectors, fallback %s, evaluator %s, "
+                 "adaptive %s)", self.version, self.cfg.junction.name, len(self.detector_ids),
+                 self.fallback.id, self.cfg.twin.evaluator,
+                 "on" if self.cfg.controller.adaptive else "off")
+        warm = loop.run_in_executor(None, self.parts.warm_up)
+        mqtt_task = asyncio.create_task(self.transport.run(), name="atsc-mqtt")
+        control = asyncio.create_task(self.control_loop(), name="atsc-control")
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({mqtt_task, control, stop_wait},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for t in (mqtt_task, control):
+            if t in done and not t.cancelled() and t.exception() is not None:
+                log.error("service task %s failed", t.get_name(), exc_info=t.exception())
+                code = 1
+        await self.shutdown(control, mqtt_task, warm)
+        stop_wait.cancel()
+        return code
+
+    async def shutdown(self, control: asyncio.Task[None], mqtt_task: asyncio.Task[None],
+                       warm: asyncio.Future[None]) -> None:
+        self.stopping = True
+        log.info("stopping: no more plans; handing the junction back to the fallback program")
+        self.notifier.stopping("stopping: handing back to the fallback program")
+        control.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await control
+        await self.transport.shutdown(ServiceState.STOPPING, STATUS_FLUSH_S)
+        mqtt_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(mqtt_task, 1.0)
+        self._core_thread.shutdown(wait=False, cancel_futures=True)
+        await self._close_twin(warm)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.notifier.close()
+        log.info("stopped")
+
+    async def _close_twin(self, warm: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        closing = loop.run_in_executor(None, self.parts.close)
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), 1.5)
+        except TimeoutError:
+            # A worker in the middle of a long evaluation: end our own children by pid.
+            for pid in self.parts.worker_pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+                    log.warning("twin worker %d terminated", pid)
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(closing, 1.0)
+        warm.cancel()
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    # journald stamps every line itself; a terminal needs the time.
+    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+           else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr, force=True)
+
+
+def build_service(args: argparse.Namespace) -> Service:
+    """Config, junction, fallback program and the service; ``ConfigError`` on bad input."""
+    from sim.junction import load_junction
+
+    cfg = load_config(getattr(args, "config", None)).with_overrides(
+        broker=getattr(args, "broker", None), metrics_port=getattr(args, "metrics_port", None))
+    # Fail now, not at the first connect, when the password credential is unreadable.
+    cfg.mqtt.password()
+    model = load_junction(cfg.junction.path)
+    fallback = load_fallback(cfg, model.signals)
+    return Service(cfg, model, fallback)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``atsc serve``: run until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad configuration."""
+    _setup_logging()
+    service = build_service(args)
+    try:
+        service.start_metrics_server()
+    except ConfigError:
+        service.parts.close()
+        raise
+    try:
+        code = asyncio.run(service.run())
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        logging.shutdown()
+    return code
