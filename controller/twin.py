@@ -179,7 +179,7 @@ class TwinVehicle:
     pos_m: float
     #: 0 for standing vehicles; moving ones enter at the highest safe speed.
     moving: bool
-    #: Groups whose routes it may take (its lane's routes when it stands at the stop line).
+    #: Groups whose routes it may take; on a stop-line lane only that lane's routes.
     groups: tuple[str, ...]
 
 
@@ -361,18 +361,15 @@ class SnapshotBuilder:
         # A jam of n cars measures n * spacing minus one gap (SUMO's jam length).
         n = max(0, round((queue_m + 2.5) / cfg.jam_spacing_m))
         out: list[TwinVehicle] = []
-        stop_lane = sensor.lanes[-1]
         lane_idx = len(sensor.lanes) - 1
-        pos = cfg.lanes[stop_lane].length_m - 0.5
+        pos = cfg.lanes[sensor.lanes[-1]].length_m - 0.5
         for _ in range(n):
             while pos < 5.0:
                 lane_idx -= 1
                 if lane_idx < 0:
                     return out
                 pos += cfg.lanes[sensor.lanes[lane_idx]].length_m
-            lane = sensor.lanes[lane_idx]
-            # Queued cars keep to their lane: routes from the stop-line lane they queue for.
-            out.append(TwinVehicle(CAR, lane, pos, False, ("@" + stop_lane,)))
+            out.append(TwinVehicle(CAR, sensor.lanes[lane_idx], pos, False, sensor.groups))
             pos -= cfg.jam_spacing_m
         return out
 
@@ -615,12 +612,14 @@ class _Worker:
         self.kinds = {}
         n = 0
         for v in snapshot.vehicles:
-            if v.groups and v.groups[0].startswith("@"):
-                options = list(cfg.lane_routes.get(v.groups[0][1:], ()))
-            else:
-                options = [rid for g in v.groups for rid in routes_by_group.get(g, [])]
-            edge = cfg.lanes[v.lane].edge
-            options = [o for o in options if (o, edge) in self.route_ids]
+            lane = cfg.lanes.get(v.lane)
+            if lane is None:
+                continue
+            options = [rid for g in v.groups for rid in routes_by_group.get(g, [])]
+            # At the stop line a vehicle can no longer change lanes: only its lane's routes.
+            at_stop = [o for o in options if o in cfg.lane_routes.get(v.lane, options)]
+            edge = lane.edge
+            options = [o for o in (at_stop or options) if (o, edge) in self.route_ids]
             if not options:
                 continue
             rid = _draw(rng, options, shares)
@@ -629,7 +628,7 @@ class _Worker:
             s.vehicle.add(
                 vid, self.route_ids[(rid, edge)],
                 typeID="twin_bus" if v.kind == BUS else "twin_car",
-                depart="0", departLane=str(cfg.lanes[v.lane].index),
+                depart="0", departLane=str(lane.index),
                 departPos=f"{v.pos_m:.2f}", departSpeed="max" if v.moving else "0",
             )
             self.kinds[vid] = v.kind
@@ -746,6 +745,17 @@ def _init_worker(config: TwinConfig, scratch: str) -> None:
     (Path(scratch) / f"worker-{os.getpid()}").touch()
 
 
+def _await_peers() -> None:
+    """Block until every worker of the pool has started (``SumoTwin.warm_up``)."""
+    if _WORKER is None:
+        raise RuntimeError("twin worker not initialised")
+    scratch = _WORKER.scratch
+    wanted = int((scratch / "workers").read_text())
+    deadline = time.monotonic() + 60.0
+    while len(list(scratch.glob("worker-*"))) < wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _score_task(snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
     """Worker entry: the twin sees nothing but the snapshot and the program."""
     if not isinstance(snapshot, TwinSnapshot) or not isinstance(program, SignalProgram):
@@ -776,6 +786,7 @@ class SumoTwin:
         self.config = config
         self.workers = workers
         self._scratch = tempfile.mkdtemp(prefix="atsc-twin-")
+        (Path(self._scratch) / "workers").write_text(str(workers))
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=get_context("spawn"),
@@ -810,10 +821,10 @@ class SumoTwin:
         """Start every worker now instead of on the first evaluation."""
         if self._pool is None:
             raise RuntimeError("twin is closed")
-        # The pool spawns a worker per submission while none is idle, so submitting one
-        # task per worker at once starts them all.
-        for f in [self._pool.submit(os.getpid) for _ in range(self.workers)]:
-            f.result()
+        # The pool spawns a worker per submission only while none is idle; tasks that wait
+        # for all their peers keep every started worker busy until the last one is up.
+        for f in [self._pool.submit(_await_peers) for _ in range(self.workers)]:
+            f.result(timeout=120)
 
     def worker_pids(self) -> tuple[int, ...]:
         """Process ids of the workers that have started (for tests and metrics)."""
