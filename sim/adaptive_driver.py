@@ -60,6 +60,23 @@ from sim.junction import JunctionModel
 TWIN_HORIZON_S = 300
 TWIN_WORKERS = 2
 DECISIONS_FILE = "decisions.jsonl"
+_defaults = {"horizon_s": TWIN_HORIZON_S, "workers": TWIN_WORKERS}
+
+
+def set_twin_defaults(*, horizon_s: int | None = None, workers: int | None = None) -> None:
+    """Twin horizon and worker count of the registered drivers in this process.
+
+    For batch workers (a process pool initializer): several scenario runs in
+    parallel each start a twin, and the cores are shared.
+    """
+    if horizon_s is not None:
+        if horizon_s < 60:
+            raise ValueError("a twin horizon below 60 s cannot see a whole cycle")
+        _defaults["horizon_s"] = horizon_s
+    if workers is not None:
+        if workers < 1:
+            raise ValueError("the twin needs at least one worker")
+        _defaults["workers"] = workers
 
 
 # -- the parts a driver plugs into the core ---------------------------------------------
@@ -82,9 +99,11 @@ def analytic_parts(model: JunctionModel) -> Parts:
                  label="analytic")
 
 
-def twin_parts(model: JunctionModel, *, horizon_s: int = TWIN_HORIZON_S,
-               workers: int = TWIN_WORKERS) -> Parts:
+def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
+               workers: int | None = None) -> Parts:
     """The production parts: the project's optimiser and the SUMO twin in worker processes."""
+    horizon_s = _defaults["horizon_s"] if horizon_s is None else horizon_s
+    workers = _defaults["workers"] if workers is None else workers
     from controller.optimiser import propose
     from controller.twin import SnapshotBuilder, SumoTwin
     from sim.twin_config import twin_config_from_model
