@@ -128,3 +128,12 @@ register_driver("delay_based", lambda ctx: SumoNativeDriver())
 
 #: Controllers whose program SUMO runs itself, with the tlLogic type to write.
 NATIVE_TYPES = {"actuated": "actuated", "delay_based": "delay_based"}
+
+
+def _register_adaptive() -> None:
+    # The adaptive and oracle drivers live in their own module (they pull in the twin);
+    # importing it registers them.
+    import sim.adaptive_driver  # noqa: F401
+
+
+_register_adaptive()
