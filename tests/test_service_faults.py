@@ -46,6 +46,7 @@ async def _online(svc: ServiceProcess, fld: ScriptedField) -> None:
     await async_wait_for(lambda: metrics_up(port), 30, "the metrics endpoint")
     await async_wait_for(lambda: value(scrape(port), "atsc_mqtt_connected") == 1, 20,
                          "broker connection")
+    await fld.connected(1)
     await fld.burst()
     await async_wait_for(lambda: fld.service_online, 20, "service status online")
 
@@ -96,8 +97,7 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
                 await async_wait_for(reconnected, 20, "reconnect")
                 fed = value(scrape(port), "atsc_ingest_latency_seconds_count")
                 # Detectors went stale during the outage; make them healthy again.
-                await async_wait_for(lambda: fld.client is not None, 10, "field reconnect")
-                await asyncio.sleep(0.5)
+                await fld.connected(2)
                 await fld.burst()
                 # Re-subscribed: new readings reach the estimator again.
                 await async_wait_for(

@@ -263,6 +263,8 @@ class ScriptedField:
         self.log = FieldLog()
         self.service_online = False
         self.client: aiomqtt.Client | None = None
+        #: Connections made so far (a broker restart makes it grow).
+        self.connections = 0
         self.published_readings = 0
         self._states = {self.fallback.id: group_states(m.signals, self.fallback)}
         self.send_state = True
@@ -337,9 +339,10 @@ class ScriptedField:
         while not stop.is_set():
             try:
                 async with aiomqtt.Client(**self.broker.client_kwargs()) as client:
-                    self.client = client
                     await client.subscribe([(topic_for(JUNCTION, TopicKind.PLAN), 1),
                                             (topic_for(JUNCTION, TopicKind.SERVICE_STATUS), 1)])
+                    self.client = client
+                    self.connections += 1
                     listener = asyncio.create_task(self._listen(client))
                     try:
                         await self._tick_forever(stop)
@@ -351,6 +354,11 @@ class ScriptedField:
             except aiomqtt.MqttError:
                 self.client = None
                 await asyncio.sleep(0.3)
+
+    async def connected(self, n: int = 1, timeout: float = 15.0) -> None:
+        """Wait until the field has made its n-th connection."""
+        await async_wait_for(lambda: self.connections >= n and self.client is not None,
+                             timeout, f"field connection {n}")
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:

@@ -84,6 +84,7 @@ def test_ready_only_after_healthy_inputs_watchdog_pings_and_stopping_on_sigterm(
                                for s in waiting), waiting
                     healthy_from = time.monotonic()
                     fld.send_readings = True
+                    await fld.connected(1)
                     await fld.burst()
                     await async_wait_for(lambda: bool(manager.with_key("READY")), 15, "READY=1")
                     pings_before = len(manager.with_key("WATCHDOG"))
