@@ -416,6 +416,32 @@ async def _collect(client: aiomqtt.Client, sink: list[bytes]) -> None:
         sink.append(bytes(msg.payload))  # type: ignore[arg-type]
 
 
+class Manager:
+    """Collects the datagrams the service sends, with their arrival time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self.messages.append((time.monotonic(), fields))
+
+    async def drain_forever(self) -> None:
+        while True:
+            await asyncio.to_thread(self.drain)
+            await asyncio.sleep(0.05)
+
+    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
+        self.drain()
+        return [(t, m) for t, m in self.messages if key in m]
+
+
 def notify_socket(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from _mqtt_broker import MosquittoBroker, running_broker
 from test_service_harness import (
+    Manager,
     ScriptedField,
     async_wait_for,
     field_running,
@@ -34,27 +35,6 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     with running_broker(tmp_path / "broker") as b:
         yield b
-
-
-class Manager:
-    """Collects the datagrams the service sends, with their arrival time."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.messages: list[tuple[float, dict[str, str]]] = []
-
-    def drain(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except (TimeoutError, BlockingIOError):
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            self.messages.append((time.monotonic(), fields))
-
-    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
-        self.drain()
-        return [(t, m) for t, m in self.messages if key in m]
 
 
 def test_ready_only_after_healthy_inputs_watchdog_pings_and_stopping_on_sigterm(

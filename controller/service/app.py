@@ -336,7 +336,11 @@ class Service:
                 states.append(msg)
             else:
                 acks.append(msg)
-        dispatch(self.core, [a.message for a in batch], now)
+        for a in batch:
+            # Each message with its own arrival time: a reading that waited in the
+            # buffer while a decision ran is as fresh as when it came (health would
+            # otherwise call every detector stale after each long decision).
+            dispatch(self.core, [a.message], a.received)
         before = self.core.stats.decisions
         if decide:
             commands = self.core.tick(now)

@@ -70,10 +70,12 @@ _LOG_WINDOW_S: Final = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """An admitted message and when it arrived (``time.perf_counter`` clock)."""
+    """An admitted message and when it arrived: ``arrived`` on ``time.perf_counter``'s
+    clock (latency), ``received`` on the wall clock (the core's ``now`` for it)."""
 
     message: Inbound
     arrived: float
+    received: float
 
 
 class _RejectLog:
@@ -370,7 +372,7 @@ class MqttTransport:
                 log.error("inbound buffer full (%d): the control loop is not draining; "
                           "dropping the oldest messages", MAX_BUFFERED)
             self._inbox.popleft()
-        self._inbox.append(Arrival(result, arrived))
+        self._inbox.append(Arrival(result, arrived, now))
 
     def _timed(self, decoded: Inbound | Rejected, now: float, topic: str) -> Inbound | Rejected:
         if isinstance(decoded, Rejected):
