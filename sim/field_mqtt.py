@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import aiomqtt
 
@@ -177,6 +177,20 @@ class LinkStats:
     received: int = 0
     connects: int = 0
     connection_events: list[dict[str, object]] = field(default_factory=list)
+
+
+class Link(Protocol):
+    """What the driver needs from the broker side (``MqttLink``; a fake in unit tests)."""
+
+    stats: LinkStats
+
+    def start(self) -> None: ...
+
+    def send(self, messages: Sequence[Outgoing]) -> None: ...
+
+    def receive(self) -> list[Incoming]: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
 
 
 class MqttLink:
@@ -406,7 +420,8 @@ class FieldSignalController(SignalController):
 
     def release(self) -> bool:
         """Return to the fallback program at the next switch point; False if nothing to do."""
-        if self.in_fallback and self._pending is None:
+        already = self.in_fallback or self._lease_until == -math.inf
+        if already and self._pending is None:
             return False
         self._pending = None
         # A lease that has run out: the hardware's own check at the next switch point
@@ -440,7 +455,7 @@ class HilDriver:
     native = False
 
     def __init__(self, ctx: DriverContext, settings: FieldSettings,
-                 *, link: MqttLink | None = None,
+                 *, link: Link | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -455,7 +470,7 @@ class HilDriver:
                                for d in ctx.model.detectors}
         except ValueError as exc:
             raise ConfigError(f"{exc}; map it in the junction's detector map") from None
-        self.link = link or MqttLink(settings.broker, [
+        self.link: Link = link or MqttLink(settings.broker, [
             (self.topics[TopicKind.PLAN], 1), (self.topics[TopicKind.SERVICE_STATUS], 1)])
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self._anchor: tuple[float, float] | None = None  # (monotonic, sim second)
@@ -794,7 +809,11 @@ __all__ = [
     "FieldSettings",
     "FieldSignalController",
     "HilDriver",
+    "Incoming",
+    "Link",
+    "LinkStats",
     "MqttLink",
+    "Outgoing",
     "field_command",
     "parse_broker",
     "settings_from_args",

@@ -1,7 +1,7 @@
 """`atsc field` against a real mosquitto: the test plays the service, the field runs in a
 subprocess exactly as an engineer starts it (libsumo allows one simulation per process).
 
-Windows are a few hundred simulated seconds at speed 25; every wait has a deadline, and
+Windows are a few hundred simulated seconds at speed 40; every wait has a deadline, and
 every check reads what actually crossed the broker or what the field wrote to hil.json.
 """
 
@@ -54,7 +54,10 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.sumo]
 REPO = Path(__file__).resolve().parent.parent
 J = "schlosskreuzung"
 SCENARIO = "midday"
-SPEED = 25.0
+SPEED = 40.0
+#: Leases in simulated seconds: one fallback cycle (89 s) to reach a switch point plus one
+#: cycle of the pushed program (93 s) must fit, whatever the speed.
+LEASE_SIM_S = 240.0
 TOPIC: dict[TopicKind, str] = {
     k: topic_for(J, k) for k in TopicKind if k is not TopicKind.DETECTOR
 }
@@ -249,7 +252,7 @@ def test_readings_plans_and_lease_on_the_secure_broker(
 ) -> None:
     """Field identity over TLS: readings, garbage, unsafe plan, valid plan, renewal, lease."""
     program = valid_program(model, fallback, "p-hil-1")
-    lease_s = 9.0  # 225 simulated s: room for one fallback cycle plus one plan cycle
+    lease_s = LEASE_SIM_S / SPEED
     timeline: dict[str, float] = {}
 
     async def play(b: MosquittoBroker) -> Seen:
@@ -422,7 +425,7 @@ def test_broker_killed_and_restarted_field_runs_on_and_falls_back(
 ) -> None:
     """D3 + M4: the broker dies mid-lease; the field falls back on its own and reconnects."""
     program = valid_program(model, fallback, "p-hil-4")
-    lease_s = 9.0
+    lease_s = LEASE_SIM_S / SPEED
     det = model.detectors[0].id
     marks: dict[str, float] = {}
 
@@ -446,7 +449,7 @@ def test_broker_killed_and_restarted_field_runs_on_and_falls_back(
             assert proc.alive()
             return svc.seen
 
-    with running_broker(tmp_path / "broker") as b, field_process(tmp_path, b, end_s=600) as fp:
+    with running_broker(tmp_path / "broker") as b, field_process(tmp_path, b, end_s=800) as fp:
         seq_before = asyncio.run(before(b))
         b.kill()
         marks["killed"] = time.time()
