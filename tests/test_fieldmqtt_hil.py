@@ -55,9 +55,6 @@ REPO = Path(__file__).resolve().parent.parent
 J = "schlosskreuzung"
 SCENARIO = "midday"
 SPEED = 40.0
-#: Leases in simulated seconds: one fallback cycle (89 s) to reach a switch point plus one
-#: cycle of the pushed program (93 s) must fit, whatever the speed.
-LEASE_SIM_S = 240.0
 TOPIC: dict[TopicKind, str] = {
     k: topic_for(J, k) for k in TopicKind if k is not TopicKind.DETECTOR
 }
@@ -244,6 +241,11 @@ def cycle_wall_s(program: SignalProgram) -> float:
     return program.cycle_s / SPEED
 
 
+def lease_wall_s(fallback: SignalProgram, program: SignalProgram) -> float:
+    """Room for reaching a switch point of the fallback plus one full cycle of the plan."""
+    return (fallback.cycle_s + program.cycle_s + 40) / SPEED
+
+
 # -- the tests ------------------------------------------------------------------------------
 
 
@@ -252,7 +254,7 @@ def test_readings_plans_and_lease_on_the_secure_broker(
 ) -> None:
     """Field identity over TLS: readings, garbage, unsafe plan, valid plan, renewal, lease."""
     program = valid_program(model, fallback, "p-hil-1")
-    lease_s = LEASE_SIM_S / SPEED
+    lease_s = lease_wall_s(fallback, program)
     timeline: dict[str, float] = {}
 
     async def play(b: MosquittoBroker) -> Seen:
@@ -425,7 +427,7 @@ def test_broker_killed_and_restarted_field_runs_on_and_falls_back(
 ) -> None:
     """D3 + M4: the broker dies mid-lease; the field falls back on its own and reconnects."""
     program = valid_program(model, fallback, "p-hil-4")
-    lease_s = LEASE_SIM_S / SPEED
+    lease_s = lease_wall_s(fallback, program)
     det = model.detectors[0].id
     marks: dict[str, float] = {}
 
