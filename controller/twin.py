@@ -42,8 +42,6 @@ from controller.signals import GroupKind, JunctionSignals, SignalState
 
 CAR = "car"
 BUS = "bus"
-#: Seconds between time-loss samples of the vehicles in the twin.
-_LOSS_SAMPLE_S = 5
 
 # --------------------------------------------------------------------------- configuration
 
@@ -146,10 +144,23 @@ class TwinConfig:
     bus_served_green_s: float = 5.0
     #: Queue readings older than this are ignored (the estimate's queue is used instead).
     queue_max_age_s: float = 5.0
+    #: Twin link index -> junction link index (``signals``' numbering) when the twin's
+    #: network has other link indices (the vehicle-only twin network); empty: the same.
+    link_map: tuple[int, ...] = ()
+    #: Vehicles leave this far into their exit edge (0: at its end).  Past the acceleration
+    #: after the junction a vehicle loses no more time, and every metre more costs steps.
+    exit_m: float = 0.0
+    #: Simulate the running program's rest of cycle, which every candidate shares, once per
+    #: snapshot and start every program from the state at the cycle boundary.
+    share_prefix: bool = True
+    #: Seconds between time-loss samples of the vehicles in the twin.
+    loss_sample_s: int = 5
 
     def __post_init__(self) -> None:
         if self.horizon_s < 1 or self.step_length_s != 1.0:
             raise ValueError("the twin steps whole seconds over a positive horizon")
+        if self.loss_sample_s < 1 or self.exit_m < 0:
+            raise ValueError("loss_sample_s must be >= 1 and exit_m >= 0")
         object.__setattr__(self, "lanes", dict(self.lanes))
         object.__setattr__(self, "lane_routes", dict(self.lane_routes))
         object.__setattr__(self, "upstream", dict(self.upstream))
@@ -549,6 +560,31 @@ def pedestrian_delay(
 # --------------------------------------------------------------------------- worker side
 
 
+@dataclass(frozen=True, slots=True)
+class _Departure:
+    """One vehicle of an evaluation, as ``vehicle.add`` takes it."""
+
+    vid: str
+    route: str
+    type_id: str
+    #: Seconds after the snapshot (0 for the vehicles placed at the start).
+    depart: float
+    depart_text: str
+    lane: str
+    pos: str
+    speed: str
+    kind: str
+
+
+@dataclass
+class _Progress:
+    """Running totals of one twin run; copied from the shared prefix for every program."""
+
+    loss: dict[str, float] = field(default_factory=dict)
+    departed: int = 0
+    pending_s: int = 0
+
+
 class _Worker:
     """One libsumo simulation of the junction, reused for every evaluation in this process."""
 
@@ -563,6 +599,10 @@ class _Worker:
         self.built: TwinSnapshot | None = None
         self.schedule: np.ndarray = np.zeros(config.horizon_s, dtype=np.int64)
         self.kinds: dict[str, str] = {}
+        #: Vehicles departing after the shared prefix: added after every ``loadState``.
+        self.later: list[_Departure] = []
+        self.boundary = 0
+        self.prefix = _Progress()
         self.tables: dict[tuple[object, ...], tuple[str, ...]] = {}
         libsumo.start([
             "sumo", "-n", config.net_file,
@@ -577,6 +617,8 @@ class _Worker:
             # Candidate switches are not checked for intergreens here (the safety gate is);
             # a transient conflict must not stop the run.
             "--collision.action", "none",
+            # The prefix state carries moving vehicles: keep their positions and speeds exact.
+            "--save-state.precision", "6",
         ])
         s = libsumo
         s.vehicletype.copy("DEFAULT_VEHTYPE", "twin_car")
@@ -590,29 +632,33 @@ class _Worker:
             s.vehicletype.setImperfection(vt, 0.0)
             s.vehicletype.setSpeedDeviation(vt, 0.0)
         self.route_ids: dict[tuple[str, str], str] = {}
+        self.arrival: dict[str, str] = {}
+        edge_len: dict[str, float] = {}
+        for ln in config.lanes.values():
+            edge_len[ln.edge] = max(edge_len.get(ln.edge, 0.0), ln.length_m)
         for r in config.routes:
+            exit_len = edge_len.get(r.edges[-1], 0.0)
+            arrival = (
+                f"{min(config.exit_m, exit_len):.2f}" if 0 < config.exit_m < exit_len else "max"
+            )
             for k, edge in enumerate(r.edges[:-1]):
                 rid = f"{r.id}@{edge}"
                 s.route.add(rid, list(r.edges[k:]))
                 self.route_ids[(r.id, edge)] = rid
+                self.arrival[rid] = arrival
         s.simulation.saveState(self.base)
 
     # -- building the initial state ------------------------------------------------
-    def build(self, snapshot: TwinSnapshot) -> None:
-        if self.built == snapshot:
-            return
+    def departures(self, snapshot: TwinSnapshot) -> list[_Departure]:
+        """The evaluation's vehicles: the snapshot's, then the horizon's Poisson arrivals."""
         cfg = self.config
-        s = self.sumo
-        s.simulation.loadState(self.base)
         rng = np.random.default_rng([cfg.seed, zlib.crc32(b"twin")])
         routes_by_group: dict[str, list[str]] = {}
         for r in cfg.routes:
             routes_by_group.setdefault(r.group, []).append(r.id)
         shares = snapshot.route_shares
         route_of = {r.id: r for r in cfg.routes}
-        departs: list[int] = []
-        self.kinds = {}
-        n = 0
+        out: list[_Departure] = []
         for v in snapshot.vehicles:
             lane = cfg.lanes.get(v.lane)
             if lane is None:
@@ -625,16 +671,12 @@ class _Worker:
             if not options:
                 continue
             rid = _draw(rng, options, shares)
-            vid = f"{'b' if v.kind == BUS else 'c'}{n}"
-            n += 1
-            s.vehicle.add(
-                vid, self.route_ids[(rid, edge)],
-                typeID="twin_bus" if v.kind == BUS else "twin_car",
-                depart="0", departLane=str(lane.index),
-                departPos=f"{v.pos_m:.2f}", departSpeed="max" if v.moving else "0",
-            )
-            self.kinds[vid] = v.kind
-            departs.append(0)
+            bus = v.kind == BUS
+            out.append(_Departure(
+                f"{'b' if bus else 'c'}{len(out)}", self.route_ids[(rid, edge)],
+                "twin_bus" if bus else "twin_car", 0.0, "0", str(lane.index),
+                f"{v.pos_m:.2f}", "max" if v.moving else "0", BUS if bus else CAR,
+            ))
         h = cfg.horizon_s
         for a in cfg.approaches:
             rate = sum(snapshot.flows_veh_h.get(g, 0.0) for g in a.groups) / 3600.0
@@ -650,24 +692,91 @@ class _Worker:
                 if t >= h:
                     break
                 rid = _draw(rng, options, shares)
-                vid = f"c{n}"
-                n += 1
-                first = route_of[rid].edges[0]
+                route = self.route_ids[(rid, route_of[rid].edges[0])]
                 if t < 0:
                     pos = min(-t * cfg.free_speed_mps, a.unseen_m - 1.0)
-                    s.vehicle.add(vid, self.route_ids[(rid, first)], typeID="twin_car",
-                                  depart="0", departLane="best", departPos=f"{pos:.2f}",
-                                  departSpeed="max")
-                    departs.append(0)
+                    out.append(_Departure(f"c{len(out)}", route, "twin_car", 0.0, "0", "best",
+                                          f"{pos:.2f}", "max", CAR))
                 else:
-                    s.vehicle.add(vid, self.route_ids[(rid, first)], typeID="twin_car",
-                                  depart=f"{t:.2f}", departLane="best", departSpeed="max")
-                    departs.append(math.ceil(t))
-                self.kinds[vid] = CAR
-        counts = np.bincount(np.array(departs, dtype=np.int64), minlength=h + 1)[:h]
-        self.schedule = np.cumsum(counts)
+                    out.append(_Departure(f"c{len(out)}", route, "twin_car", t, f"{t:.2f}",
+                                          "best", "base", "max", CAR))
+        return out
+
+    def _add(self, departures: Sequence[_Departure]) -> None:
+        add = self.sumo.vehicle.add
+        arrival = self.arrival
+        for d in departures:
+            add(d.vid, d.route, typeID=d.type_id, depart=d.depart_text, departLane=d.lane,
+                departPos=d.pos, departSpeed=d.speed, arrivalPos=arrival[d.route])
+
+    def build(self, snapshot: TwinSnapshot) -> None:
+        """Draw the vehicles and run the shared prefix once per snapshot; save its state."""
+        if self.built == snapshot:
+            return
+        cfg = self.config
+        s = self.sumo
+        deps = self.departures(snapshot)
+        h = cfg.horizon_s
+        self.kinds = {d.vid: d.kind for d in deps}
+        steps = np.array([math.ceil(d.depart) for d in deps], dtype=np.int64)
+        self.schedule = np.cumsum(np.bincount(steps, minlength=h + 1)[:h])
+        # Until the running cycle ends every program shows the same states (timeline).
+        run = snapshot.running
+        remaining = run.cycle_s - 1 - snapshot.cycle_second % run.cycle_s
+        self.boundary = min(remaining, h - 1) if cfg.share_prefix else 0
+        s.simulation.loadState(self.base)
+        self._add([d for d in deps if d.depart < self.boundary])
+        self.later = [d for d in deps if d.depart >= self.boundary]
+        self.built = None
+        self.prefix = _Progress()
+        table = self._table(run)
+        seconds = timeline(snapshot, run, h)
+        self._advance(seconds, table, table, start=0, stop=self.boundary, acc=self.prefix)
         s.simulation.saveState(self.state)
         self.built = snapshot
+
+    def _advance(
+        self,
+        seconds: Sequence[int],
+        run_table: Sequence[str],
+        cand_table: Sequence[str],
+        *,
+        start: int,
+        stop: int,
+        acc: _Progress,
+    ) -> None:
+        """Step horizon seconds ``start`` to ``stop - 1``, accumulating into ``acc``."""
+        s = self.sumo
+        tls = self.config.tls_id
+        set_state = s.trafficlight.setRedYellowGreenState
+        step = s.simulationStep
+        ids = s.vehicle.getIDList
+        get_loss = s.vehicle.getTimeLoss
+        departed_now = s.simulation.getDepartedNumber
+        sample = self.config.loss_sample_s
+        schedule = self.schedule
+        loss = acc.loss
+        departed = acc.departed
+        pending_s = acc.pending_s
+        last = len(seconds) - 1
+        shown = ""
+        for k in range(start, stop):
+            c = seconds[k]
+            text = run_table[c] if c >= 0 else cand_table[-1 - c]
+            if text != shown:
+                set_state(tls, text)
+                shown = text
+            step()
+            departed += departed_now()
+            # Vehicles held at the network entry by a queue lose time too (insertion delay).
+            pending_s += int(schedule[k]) - departed
+            # A vehicle leaves at its exit at free speed, so sampling its time loss every
+            # few seconds misses next to nothing and saves most of the calls.
+            if k % sample == 0 or k == last:
+                for vid in ids():
+                    loss[vid] = get_loss(vid)
+        acc.departed = departed
+        acc.pending_s = pending_s
 
     # -- scoring ----------------------------------------------------------------------
     def score(self, snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
@@ -679,37 +788,17 @@ class _Worker:
         cand_table = self._table(program)
         seconds = timeline(snapshot, program, cfg.horizon_s)
         s.simulation.loadState(self.state)
-        tls = cfg.tls_id
-        set_state = s.trafficlight.setRedYellowGreenState
-        step = s.simulationStep
-        ids = s.vehicle.getIDList
-        get_loss = s.vehicle.getTimeLoss
-        departed_now = s.simulation.getDepartedNumber
-        loss: dict[str, float] = {}
-        departed = 0
-        pending_s = 0
-        shown = ""
-        last = len(seconds) - 1
-        for k, c in enumerate(seconds):
-            text = run_table[c] if c >= 0 else cand_table[-1 - c]
-            if text != shown:
-                set_state(tls, text)
-                shown = text
-            step()
-            departed += departed_now()
-            # Vehicles held at the network entry by a queue lose time too (insertion delay).
-            pending_s += int(self.schedule[k]) - departed
-            # A vehicle leaves at the end of a long exit edge at free speed, so sampling its
-            # time loss every few seconds misses next to nothing and saves most of the calls.
-            if k % _LOSS_SAMPLE_S == 0 or k == last:
-                for vid in ids():
-                    loss[vid] = get_loss(vid)
+        self._add(self.later)
+        acc = _Progress(dict(self.prefix.loss), self.prefix.departed, self.prefix.pending_s)
+        self._advance(seconds, run_table, cand_table, start=self.boundary, stop=cfg.horizon_s,
+                      acc=acc)
+        loss = acc.loss
         occ_car = cfg.occupancy.get(CAR, 1.0)
         occ_bus = cfg.occupancy.get(BUS, 1.0)
         n_bus = sum(1 for k in self.kinds.values() if k == BUS)
         n_car = len(self.kinds) - n_bus
         bus_loss = sum(v for vid, v in loss.items() if self.kinds.get(vid) == BUS)
-        car_loss = sum(loss.values()) - bus_loss + max(0, pending_s)
+        car_loss = sum(loss.values()) - bus_loss + max(0, acc.pending_s)
         ped_loss, peds = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
         persons = occ_car * n_car + occ_bus * n_bus + peds
         person_loss = occ_car * car_loss + occ_bus * bus_loss + ped_loss
@@ -731,7 +820,12 @@ class _Worker:
         if hit is None:
             if len(self.tables) > 256:
                 self.tables.clear()
-            hit = self.tables[key] = link_state_table(self.config.signals, program)
+            table = link_state_table(self.config.signals, program)
+            if self.config.link_map:
+                # The twin network numbers its links differently: pick each twin link's
+                # junction link (matched by from/to lane in sim.twin_config).
+                table = tuple("".join(t[i] for i in self.config.link_map) for t in table)
+            hit = self.tables[key] = table
         return hit
 
 
