@@ -67,7 +67,7 @@ class Metrics:
             "messages_rejected_total", "Messages dropped by validation, by reason.", ("reason",))
         self.ingest_latency_seconds = histogram(
             "ingest_latency_seconds",
-            "Source timestamp of a reading to its admission (includes clock skew).",
+            "Arrival of an admitted reading to its hand-over to the estimator.",
             INGEST_BUCKETS)
 
         # detector health
