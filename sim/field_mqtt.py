@@ -73,6 +73,8 @@ log = logging.getLogger("atsc.field")
 #: other side of the broker, so the label says where, not who.
 CONTROLLER: Final = "hil"
 HIL_FILE: Final = "hil.json"
+#: The hardware's stored fallback program as a plan.json program object.
+FALLBACK_FILE: Final = "fallback.json"
 
 #: Reconnect backoff (seconds): doubles from MIN to MAX, with jitter so a district's
 #: fields do not all hit a restarted broker in the same instant (safety.md M4).
@@ -732,7 +734,7 @@ def field_command(args: argparse.Namespace) -> int:
     """``atsc field SCENARIO``: run the HIL field, then print and write KPIs like ``atsc run``."""
     from sim.kpis import summary_table, write_kpis_json
     from sim.report import write_report
-    from sim.runner import case_from_scenario, junction_of, run_one
+    from sim.runner import case_from_scenario, fixed_time_plan, junction_of, run_one
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -747,6 +749,12 @@ def field_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, model.name)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    # The service must know the hardware's stored program exactly (it recognises the
+    # fallback in the state topic and checks every switch back to it), so it is written
+    # out before the run for `atsc serve`'s [fallback] program_file.
+    fallback = fixed_time_plan(case, model, case.route_files)[1]
+    fallback_file = (out / FALLBACK_FILE).resolve()
+    fallback_file.write_text(json.dumps(fallback.to_json(), indent=1) + "\n")
 
     drivers: list[HilDriver] = []
 
@@ -759,6 +767,8 @@ def field_command(args: argparse.Namespace) -> int:
     print(f"field: {case.label} seed {args.seed}, {begin:.0f}-{end:.0f} s at speed "
           f"{settings.speed:g} on {settings.broker.host}:{settings.broker.port} as "
           f"{settings.broker.username}, topics atsc/{settings.junction}/...", file=sys.stderr)
+    print(f"field: stored fallback program {fallback.id} (cycle {fallback.cycle_s} s); for "
+          f"atsc serve: [fallback] program_file = \"{fallback_file}\"", file=sys.stderr)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
@@ -772,6 +782,7 @@ def field_command(args: argparse.Namespace) -> int:
     field_faults = list(run_json.get("monitor_faults", []))
     hil.update({
         "scenario": case.label, "seed": int(args.seed),
+        "fallback_program": run_json.get("fixed_program"),
         "field_monitor_faults": len(field_faults),
         "field_monitor_fault_details": field_faults[:20],
         "collisions_seen": run_json.get("collisions_seen"),

@@ -326,6 +326,9 @@ def test_readings_plans_and_lease_on_the_secure_broker(
     assert back.program_id == fallback.id and back.cycle_second == 0
 
     assert hil["monitor_faults"] == 0 and hil["field_monitor_faults"] == 0
+    # What `atsc serve` is told is stored in the hardware is what the hardware ran.
+    assert hil["fallback_program"] == fallback.to_json()
+    assert json.loads((tmp_path / "out" / "fallback.json").read_text()) == fallback.to_json()
     assert hil["plans"]["accepted"] == 1 and hil["plans"]["lease_renewals"] == 1
     assert hil["plans"]["rejected"] == 3 and hil["plans"]["malformed"] == 2
     entered = [e for e in hil["fallback"]["events"] if e["event"] == "entered"]
