@@ -1,16 +1,19 @@
-"""The SUMO twin on the real Schlosskreuzung net: plan ranking, determinism, worker lifecycle."""
+"""The SUMO twin on the real Schlosskreuzung net: plan ranking, determinism, worker lifecycle,
+and the fast twin ranking plans like the detailed reference twin."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import sumolib
 
 from controller.messages import DetectorReading
 from controller.plans import SignalProgram, StagePlan, compile_plan
-from controller.twin import SnapshotBuilder, SumoTwin, TwinScore, TwinSnapshot
+from controller.twin import SnapshotBuilder, SumoTwin, TwinConfig, TwinScore, TwinSnapshot
 from sim.junction import JunctionModel, load_junction
 from sim.twin_config import twin_config_from_model
 
@@ -18,6 +21,7 @@ pytestmark = pytest.mark.sumo
 
 MODEL: JunctionModel = load_junction("schlosskreuzung")
 CFG = twin_config_from_model(MODEL, horizon_s=300)
+MODEL_NET = sumolib.net.readNet(str(MODEL.net_file))
 SEQ = ("P1", "P2", "P3", "P4")
 
 
@@ -31,8 +35,8 @@ SERVES_QUEUE = program((50, 10, 12, 8), "serves-queue")
 STARVES_QUEUE = program((10, 10, 50, 10), "starves-queue")
 
 
-def queued_snapshot() -> TwinSnapshot:
-    b = SnapshotBuilder(CFG)
+def queued_snapshot(cfg: TwinConfig = CFG) -> TwinSnapshot:
+    b = SnapshotBuilder(cfg)
     seq: dict[str, int] = {}
 
     def feed(did: str, ts: float, **kw: object) -> None:
@@ -113,3 +117,57 @@ def test_close_stops_the_workers() -> None:
             os.kill(pid, 0)
     with pytest.raises(RuntimeError, match="closed"):
         t.evaluate(queued_snapshot(), [RUNNING])
+
+
+def test_fast_twin_ranks_plans_like_the_detailed_twin() -> None:
+    """Shared running-cycle prefix and the short exit leave every score and the order as is."""
+    detailed_cfg = twin_config_from_model(MODEL, horizon_s=300, detailed=True)
+    assert (CFG.share_prefix, CFG.exit_m > 0) == (True, True)
+    assert (detailed_cfg.share_prefix, detailed_cfg.exit_m) == (False, 0.0)
+    programs = [RUNNING, SERVES_QUEUE, STARVES_QUEUE, program((30, 10, 30, 10), "even"),
+                program((40, 10, 20, 10), "more-p1"), program((20, 10, 40, 10), "more-p3")]
+    base = queued_snapshot()
+    assert base == queued_snapshot(detailed_cfg)  # same lanes: one snapshot serves both
+    # Mid-cycle snapshots: the running program's rest (shared by the fast twin) differs.
+    snaps = [replace(base, cycle_second=c) for c in (RUNNING.cycle_s - 1, 10, 45)]
+    with SumoTwin(CFG, workers=1) as fast, SumoTwin(detailed_cfg, workers=1) as detailed:
+        for snap in snaps:
+            f = fast.evaluate(snap, programs)
+            d = detailed.evaluate(snap, programs)
+            order_f = [s.program_id for s in sorted(f, key=lambda s: s.person_delay_s)]
+            order_d = [s.program_id for s in sorted(d, key=lambda s: s.person_delay_s)]
+            assert order_f == order_d, snap.cycle_second
+            for a, b in zip(f, d, strict=True):
+                assert a.person_delay_s == pytest.approx(b.person_delay_s, abs=0.05)
+                assert a.vehicle_delay_s == pytest.approx(b.vehicle_delay_s, abs=0.05)
+                assert a.vehicles == b.vehicles
+
+
+def test_vehicle_net_links_map_to_the_junction_links_by_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opt-in vehicle-only network numbers links anew; the map follows from/to lanes."""
+    monkeypatch.setenv("ATSC_CACHE_DIR", str(tmp_path))
+    cfg = twin_config_from_model(MODEL, vehicle_net=True)
+    assert Path(cfg.net_file).parent.parent == tmp_path
+    assert twin_config_from_model(MODEL, vehicle_net=True).net_file == cfg.net_file  # cached
+    net = sumolib.net.readNet(cfg.net_file)
+    conns = net.getTLS(CFG.tls_id).getConnections()
+    assert len(conns) == len(cfg.link_map) == cfg.link_count < MODEL.link_count
+    for in_lane, out_lane, idx in conns:
+        junction = MODEL.links[cfg.link_map[idx]]
+        assert (junction.from_edge, junction.to_edge) == (
+            in_lane.getEdge().getID(), out_lane.getEdge().getID()
+        )
+        assert in_lane.allows("passenger") and "passenger" in junction.vclasses
+        # Lane k of the twin edge is the edge's k-th motor-vehicle lane in the junction net.
+        full = [ln for ln in MODEL_NET.getEdge(junction.from_edge).getLanes()
+                if ln.getWidth() > 3.0]
+        assert full[in_lane.getIndex()].getID() == junction.from_lane
+    # Every motor-vehicle movement of the junction is in the twin network.
+    mapped = set(cfg.link_map)
+    assert all(
+        lk.index in mapped for lk in MODEL.links
+        if lk.crossing is None and "passenger" in lk.vclasses
+    )
+
