@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.messages import DetectorInfo, DetectorKind, DetectorReading
-from controller.plans import lost_time_s
+from controller.plans import lost_time_s, transition
 from controller.signals import JunctionSignals
 from controller.stepper import StageStepper
 
@@ -36,9 +36,9 @@ class MaxPressureConfig:
     #: Switch only if the best stage beats the running one by this much.
     margin_veh: float = 4.0
     max_green_s: int = 60
-    #: A group this close to its max red gets its stage next.  The margin covers the
-    #: running stage's remaining minimum green, an early pedestrian end and the transition.
-    starvation_margin_s: int = 40
+    #: Buffer (s) on top of the time a stage needs to turn green before a group in it
+    #: would pass its maximum red; leaves room when two stages become urgent together.
+    starvation_margin_s: int = 15
     #: Pressure a stop-line loop occupied for the whole last second adds
     #: (a movement with a presence but no queue detector).
     presence_weight: float = 1.0
@@ -59,6 +59,15 @@ class MaxPressure:
         self.stages = tuple(sequence) if sequence else tuple(s.id for s in junction.stages)
         self.stepper = StageStepper(junction, self.stages[0])
         self._max_green = self._max_greens()
+        j = junction
+        self._stage_min = {
+            st.id: max((j.group(g).min_green_s + j.early_end(g) for g in st.groups), default=0)
+            for st in j.stages
+        }
+        self._transition_s = {
+            (a.id, b.id): transition(j, a.id, b.id).length_s
+            for a in j.stages for b in j.stages if a.id != b.id
+        }
         lanes: dict[str, set[str]] = {}
         for d in detectors:
             if d.kind is DetectorKind.QUEUE:
@@ -161,28 +170,30 @@ class MaxPressure:
         return None
 
     def _starving(self, pressure: Mapping[str, float]) -> str | None:
-        """The next stage, in sequence order, that serves a group near its maximum red.
+        """The stage that must come next so that no group exceeds its maximum red.
 
-        Serving starving groups in the cyclic order (not by pressure) bounds every
-        group's wait by one sequence, however the pressures fall.
+        For every other stage: how long until its groups could turn green if we went
+        there now (the running stage's remaining minimum green, an early pedestrian end,
+        the transition) plus a buffer; a group whose red would then pass its maximum red
+        (safety.md V5) makes its stage urgent.  Every group counts, with or without
+        detected demand: a missed detection must not hold a group red too long.
         """
-        cfg = self.config
-        # Every group counts, with or without detected demand: a missed detection must not
-        # hold a group red past its maximum red (safety.md V5, checked by the hardware).
         del pressure
-        starving = {
-            group.id
-            for group in self.junction.groups
-            if self.stepper.red_time_s(group.id) >= group.max_red_s - cfg.starvation_margin_s
-        }
-        if not starving:
-            return None
-        k = self.stages.index(self.stepper.stage) if self.stepper.stage in self.stages else -1
-        for step in range(1, len(self.stages) + 1):
-            stage = self.stages[(k + step) % len(self.stages)]
-            if self.junction.stage(stage).groups & starving:
-                return stage
-        return None
+        st = self.stepper
+        cur = st.stage
+        remaining = max(0, self._stage_min[cur] - st.stage_elapsed_s)
+        worst: tuple[int, str] | None = None
+        for stage in self.stages:
+            if stage == cur:
+                continue
+            need = (remaining + st.closing_lead(stage) + self._transition_s[(cur, stage)]
+                    + self.config.starvation_margin_s)
+            for gid in self.junction.stage(stage).groups - self.junction.stage(cur).groups:
+                red = st.red_time_s(gid)
+                slack = self.junction.group(gid).max_red_s - red - need
+                if slack <= 0 and (worst is None or slack < worst[0]):
+                    worst = (slack, stage)
+        return None if worst is None else worst[1]
 
     def step(self) -> dict[str, str]:
         """One second of signal states."""
