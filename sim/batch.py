@@ -10,6 +10,7 @@ outgrow one machine pass Dask distributed's executor instead
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,21 @@ def dask_executor(
     return _Ctx()
 
 
+def _job(case: Case, controller: str, seed: int, out_dir: Path) -> RunKpis:
+    """``run_one`` with errors made transportable: libsumo's exceptions do not pickle, and a
+    pickling error in the pool would hide SUMO's actual message."""
+    try:
+        return run_one(case, controller, seed, out_dir)
+    except Exception as exc:
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            raise RuntimeError(
+                f"{case.label} {controller} seed {seed}: {type(exc).__name__}: {exc}"
+            ) from None
+        raise
+
+
 def run_batch(
     cases: Sequence[Case],
     controllers: Sequence[str],
@@ -77,7 +93,7 @@ def run_batch(
     started = time.perf_counter()
     with owned as pool:
         futures: dict[Future[RunKpis], int] = {
-            pool.submit(run_one, case, ctrl, seed, out_dir): k
+            pool.submit(_job, case, ctrl, seed, out_dir): k
             for k, (case, ctrl, seed) in enumerate(jobs)
         }
         say(f"running {len(jobs)} simulations on {workers} worker(s) ...")
