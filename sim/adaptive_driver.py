@@ -279,12 +279,16 @@ class TruthPerception:
             for link in model.links if link.crossing
         }
         self._twin_groups = {r.group for r in twin.routes} if twin is not None else set()
+        #: Seconds of ground truth read, and vehicles placed in the last twin snapshot.
+        self.seconds_observed = 0
+        self.vehicles_in_snapshot = 0
 
     def observe_truth(self, sumo: ModuleType, now: float) -> None:
         dt = 1.0 if self._t is None else max(now - self._t, 1e-6)
         if self._t0 is None:
             self._t0 = now
         self._t = now
+        self.seconds_observed += 1
         decay = math.exp(-dt / self.tau)
         arrived = dict.fromkeys(self._rate, 0)
         queue = dict.fromkeys(self._rate, 0.0)
@@ -316,7 +320,7 @@ class TruthPerception:
                             sumo.vehicle.getLanePosition(vid), speed >= 0.1, (g,),
                         ))
         self._known = present
-        self._vehicles = tuple(vehicles)
+        self._vehicles = tuple(_placeable(vehicles, self.twin)) if self.twin is not None else ()
         for g in self._rate:
             # Same exponential kernel as the estimator, so the two are comparable.
             self._rate[g] = self._rate[g] * decay + arrived[g]
@@ -394,11 +398,35 @@ class TruthPerception:
             return base
         # Flows and turning shares already follow the true estimate; the vehicles and
         # pedestrian requests are replaced by the true ones.
+        self.vehicles_in_snapshot = len(self._vehicles)
         return replace(
             base,
             vehicles=self._vehicles,
             pedestrian_waiting_s={g: now - t for g, t in self._waiting.items()},
         )
+
+
+def _placeable(vehicles: Sequence[TwinVehicle], twin: TwinConfig) -> list[TwinVehicle]:
+    """The vehicles SUMO can insert where they are: whole on their lane, not overlapping.
+
+    A vehicle whose back still lies on the upstream lane cannot be inserted with
+    its front position on this one; it is left out (one vehicle at most per lane
+    boundary), as the twin's own snapshot builder does.
+    """
+    out: list[TwinVehicle] = []
+    by_lane: dict[str, list[TwinVehicle]] = {}
+    for v in vehicles:
+        by_lane.setdefault(v.lane, []).append(v)
+    for lane, group in sorted(by_lane.items()):
+        limit = twin.lanes[lane].length_m - 0.5
+        for v in sorted(group, key=lambda x: -x.pos_m):
+            length = twin.bus_length_m if v.kind == BUS else twin.jam_spacing_m - 2.5
+            pos = min(v.pos_m, limit)
+            if pos - length < 0:
+                continue
+            out.append(replace(v, pos_m=round(pos, 2)))
+            limit = pos - length - 2.5
+    return out
 
 
 class OracleDriver(AdaptiveDriver):

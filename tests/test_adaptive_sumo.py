@@ -32,7 +32,7 @@ from controller.messages import DetectorReading, HardwareState, PlanAck
 from controller.transport import Journal, Received, replay
 from controller.twin import SumoTwin
 from sim import drivers
-from sim.adaptive_driver import AdaptiveDriver, perception_for, twin_parts
+from sim.adaptive_driver import AdaptiveDriver, OracleDriver, perception_for, twin_parts
 from sim.drivers import DriverContext
 from sim.junction import JunctionModel
 from sim.kpis import RunKpis
@@ -292,3 +292,38 @@ def signal_caused_collisions(run_dir: Path, model: JunctionModel) -> list[str]:
         if not explained:
             out.append(f"t={c.get('time')} {collider} -> {c.get('victim')} ({c.get('type')})")
     return out
+
+
+# -- the oracle ----------------------------------------------------------------------------
+
+
+def test_only_the_evaluation_oracle_may_see_ground_truth() -> None:
+    """The field calls ``observe_truth`` on drivers that define it: the oracle, never adaptive."""
+    assert not hasattr(AdaptiveDriver, "observe_truth")
+    assert hasattr(OracleDriver, "observe_truth")
+    assert "EVALUATION ONLY" in (OracleDriver.__doc__ or "")
+
+
+def test_oracle_runs_on_ground_truth_and_its_plans_are_accepted(tmp_path: Path) -> None:
+    probe: dict[str, OracleDriver] = {}
+
+    def factory(ctx: DriverContext) -> OracleDriver:
+        probe["driver"] = OracleDriver(ctx)
+        return probe["driver"]
+
+    case = case_from_scenario("morning_peak")
+    case = replace(case, end_s=case.begin_s + 600.0, warmup_s=300.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(drivers._REGISTRY, "oracle-probe", factory)
+        run_one(case, "oracle-probe", SEED, tmp_path, progress=False)
+    driver = probe["driver"]
+    stats = driver.close()
+    assert driver.truth.seconds_observed == 600
+    assert driver.truth.vehicles_in_snapshot > 0
+    assert stats["decision_failures"] == 0
+    assert stats["monitor_faults"] == 0
+    assert isinstance(stats["plans_accepted_by_hardware"], int)
+    assert stats["plans_accepted_by_hardware"] >= 1
+    assert stats["rejected_by_hardware"] == 0
+    flows = [d for d in driver.decisions if d.candidates]
+    assert flows, "the oracle made no scored decision"
