@@ -125,10 +125,12 @@ def run_config(rec: Recording, label: str, evaluator: Evaluator,
     decisions: list[Decision] = []
     last = 0
     # Replay entry by entry so every decision is collected, not only the last few hundred.
+    # rescore: this core's evaluator scores every job again (the recording's scores
+    # came from the listener).
     for entry in rec.journal.entries:
-        replay(core, Journal([entry]))
-        if core.stats.decisions != last and core.last_decision is not None:
-            last = core.stats.decisions
+        replay(core, Journal([entry]), rescore=True)
+        if core.stats.recorded != last and core.last_decision is not None:
+            last = core.stats.recorded
             decisions.append(core.last_decision)
     timed_ones = [d for d in decisions if d.candidates]
     total = [d.latency.total_s for d in timed_ones]

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -235,6 +235,9 @@ class Outcome(StrEnum):
     FALLBACK = "fallback"
     #: Optimiser or evaluator failed, or the running program is unknown: nothing pushed.
     FAILED = "failed"
+    #: The scores came back stale (another running program, the switch point passed,
+    #: a newer epoch started): dropped, nothing pushed.
+    DROPPED = "dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +300,10 @@ class CoreStats:
     #: Changes from "adaptive allowed" to "not allowed" (hand-overs to the fallback).
     handovers: int = 0
     failures: int = 0
+    #: Epochs whose scores arrived stale and were dropped (split decisions).
+    dropped: int = 0
+    #: Decision records made so far (an epoch is recorded when it finishes).
+    recorded: int = 0
     hardware_reject_reasons: list[str] = field(default_factory=list)
 
 
@@ -305,6 +312,57 @@ def _no_clock() -> float:
 
 
 # -- the core ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationFailed:
+    """An evaluation that gave no scores (the evaluator raised, timed out, lost a worker)."""
+
+    reason: str
+
+
+#: What ``AdaptiveCore.complete`` takes: person delay per program id, or why there is none.
+EvaluationResult = Mapping[str, float] | EvaluationFailed
+
+
+def scores_by_program(scores: Iterable[Score]) -> dict[str, float]:
+    """An evaluator's scores as ``complete`` takes them: person delay per program id."""
+    return {s.program_id: float(s.person_delay_s) for s in scores}
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationJob:
+    """A started decision epoch waiting for its scores.
+
+    ``snapshot`` and ``programs`` (the running program first, then every
+    candidate) are all an evaluator gets; the rest is what ``complete`` needs
+    to finish the epoch.  The snapshot is built from detector messages only.
+    """
+
+    epoch: int
+    #: The core's ``now`` when the epoch started (the decision's ``ts``).
+    now: float
+    #: The switch point the epoch prepares for; scores arriving at or after it are stale.
+    switch_at: float
+    snapshot: Any
+    programs: tuple[SignalProgram, ...]
+    running: SignalProgram
+    #: The hardware state the epoch started from.
+    state: HardwareState
+    candidates: tuple[Candidate, ...]
+    #: Timer readings (latency only): epoch start, and end of the snapshot.
+    started: float
+    evaluating_since: float
+    #: Latency parts so far (estimate, propose, snapshot).
+    latency: Latency
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """What ``AdaptiveCore.advance`` returns: commands to publish now, and a job to score."""
+
+    commands: list[PlanCommand]
+    job: EvaluationJob | None
 
 
 class AdaptiveCore:
@@ -348,6 +406,7 @@ class AdaptiveCore:
         self._adaptive_allowed = False
         self._last_push_seq: int | None = None
         self._renew_now = False
+        self._pending: EvaluationJob | None = None
 
     # -- inputs ----------------------------------------------------------------
     def on_reading(self, reading: DetectorReading, now: float) -> None:
@@ -373,11 +432,30 @@ class AdaptiveCore:
 
     # -- time --------------------------------------------------------------------
     def tick(self, now: float) -> list[PlanCommand]:
-        """Advance the clock; returns the plan commands to publish now (usually none)."""
+        """Advance the clock and decide synchronously; the plan commands to publish now.
+
+        The synchronous convenience path (scenario runs, tests): ``advance``, then
+        the evaluator inline (``evaluate``), then ``complete``, all at ``now``.
+        The live service uses the three steps itself so that the evaluation
+        never blocks the core (docs/adaptive.md, "Split decisions").
+        """
+        step = self.advance(now)
+        if step.job is None:
+            return step.commands
+        return step.commands + self.complete(step.job, self.evaluate(step.job), now)
+
+    def advance(self, now: float) -> Advance:
+        """Advance the clock: health checks, renewals, and the start of a due epoch.
+
+        Returns the commands to publish now and, when an epoch started that needs
+        scores, the ``EvaluationJob`` (snapshot + programs).  The caller has the
+        job scored (``evaluate`` inline, or the twin's futures) and hands the
+        result to ``complete``.  Meanwhile every other entry point stays usable.
+        """
         self.perception.tick(now)
         state = self._state
         if state is None or now - state.ts > self.config.max_state_age_s:
-            return []
+            return Advance([], None)
         running = self._programs.get(state.program_id)
         out: list[PlanCommand] = []
         if self._renew_now:
@@ -385,27 +463,150 @@ class AdaptiveCore:
             if running is not None and not state.fallback:
                 out.append(self._command(running, now))
                 self.stats.renewals += 1
+        pending = self._pending
+        if pending is not None and self._stale(pending, now) is None:
+            # One decision at a time: a due epoch waits for the pending one's scores.
+            return Advance(out, None)
+        switch_at = self._switch_at(state, running)
         cycle = running.cycle_s if running is not None else self.fallback.cycle_s
-        switch_at = state.ts + cycle - state.cycle_second
         lead = min(self.config.decision_lead_s, max(1, cycle // 2))
         if self._decided_switch is not None and abs(switch_at - self._decided_switch) < 0.5:
-            return out
+            return Advance(out, None)
         if switch_at - now > lead:
-            return out
+            return Advance(out, None)
         self._decided_switch = switch_at
-        return out + self._decide(now, state, running, switch_at)
+        return Advance(out, self._start(now, state, running, switch_at))
+
+    def _switch_at(self, state: HardwareState, running: SignalProgram | None) -> float:
+        cycle = running.cycle_s if running is not None else self.fallback.cycle_s
+        return state.ts + cycle - state.cycle_second
+
+    @property
+    def pending(self) -> EvaluationJob | None:
+        """The started decision whose scores are awaited, if any."""
+        return self._pending
+
+    def evaluate(self, job: EvaluationJob) -> EvaluationResult:
+        """Score ``job`` with the injected evaluator, blocking (the synchronous path)."""
+        try:
+            return scores_by_program(self.evaluator.evaluate(job.snapshot, list(job.programs)))
+        except Exception as exc:
+            # A broken twin must not take the controller down: the decision fails.
+            return EvaluationFailed(f"{type(exc).__name__}: {exc}")
 
     # -- decisions ---------------------------------------------------------------
-    def _decide(
+    def _record(
+        self,
+        *,
+        ts: float,
+        epoch: int,
+        state: HardwareState,
+        switch_at: float,
+        outcome: Outcome,
+        reason: str,
+        started: float,
+        running_delay: float | None = None,
+        candidates: tuple[CandidateRecord, ...] = (),
+        chosen: str | None = None,
+        renewed: bool = False,
+        latency: Latency | None = None,
+    ) -> None:
+        self.stats.recorded += 1
+        self.decisions.append(
+            Decision(
+                ts=ts, epoch=epoch, outcome=outcome, reason=reason,
+                running_id=state.program_id, running_delay_s=running_delay,
+                candidates=candidates, chosen=chosen, renewed=renewed,
+                latency=latency or Latency(total_s=self._timer() - started),
+                switch_at=switch_at,
+            )
+        )
+
+    def _start(
         self, now: float, state: HardwareState, running: SignalProgram | None, switch_at: float
-    ) -> list[PlanCommand]:
+    ) -> EvaluationJob | None:
+        """Steps 1-3 of an epoch: health, estimate, candidates, snapshot; the job to score."""
         cfg = self.config
         clock = self._timer
         t0 = clock()
         self._epoch += 1
         self.stats.decisions += 1
         epoch = self._epoch
-        adaptive_plan = running is not None and not state.fallback
+        # A newer epoch supersedes a decision still waiting for its scores.
+        self._pending = None
+
+        def record(outcome: Outcome, reason: str) -> None:
+            self._record(ts=now, epoch=epoch, state=state, switch_at=switch_at,
+                         outcome=outcome, reason=reason, started=t0)
+
+        degradation = self.perception.degradation()
+        if not degradation.adaptive_allowed:
+            if self._adaptive_allowed:
+                self.stats.handovers += 1
+            self._adaptive_allowed = False
+            self.stats.fallback_decisions += 1
+            record(Outcome.FALLBACK, f"adaptive control suspended: {degradation.reason}")
+            return None
+        self._adaptive_allowed = True
+        if running is None:
+            self.stats.failures += 1
+            record(Outcome.FAILED, f"hardware runs {state.program_id!r}, unknown to this service")
+            return None
+
+        t1 = clock()
+        try:
+            estimate = self.perception.estimate(now, running)
+            t2 = clock()
+            proposed = tuple(
+                self.proposer(
+                    self.junction, estimate, running, self.fallback,
+                    program_prefix=f"{cfg.program_prefix}{epoch}",
+                )
+            )
+            t3 = clock()
+            snapshot = self.perception.snapshot(now, estimate, running, state.cycle_second)
+            t4 = clock()
+        except Exception as exc:
+            # A broken optimiser must not take the controller down: the running plan
+            # is simply not renewed, and the hardware falls back.
+            self.stats.failures += 1
+            record(Outcome.FAILED, f"decision failed: {type(exc).__name__}: {exc}")
+            return None
+        job = EvaluationJob(
+            epoch=epoch, now=now, switch_at=switch_at, snapshot=snapshot,
+            programs=(running, *(c.program for c in proposed)), running=running, state=state,
+            candidates=proposed, started=t0, evaluating_since=t4,
+            latency=Latency(estimate_s=t2 - t1, propose_s=t3 - t2, snapshot_s=t4 - t3),
+        )
+        self._pending = job
+        return job
+
+    def _stale(self, job: EvaluationJob, now: float) -> str | None:
+        """Why the scores of ``job`` no longer apply, or ``None`` while they would."""
+        state = self._state
+        assert state is not None  # a job exists only after a state
+        if state.program_id != job.state.program_id or state.fallback != job.state.fallback:
+            return (f"the running program changed from {job.state.program_id!r} to "
+                    f"{state.program_id!r} while the twin evaluated")
+        if now >= job.switch_at:
+            return f"the switch point {job.switch_at:.1f} passed while the twin evaluated"
+        return None
+
+    def complete(
+        self, job: EvaluationJob, result: EvaluationResult, now: float
+    ) -> list[PlanCommand]:
+        """Steps 4-6 of an epoch: scores in, choice, margin, safety gate, push or renew.
+
+        ``result`` maps program ids to predicted person delay (``scores_by_program``
+        of the evaluator's scores) or says why there is none.  A stale result (the
+        running program changed, the switch point passed, a newer epoch started)
+        is dropped: recorded as ``Outcome.DROPPED``, nothing sent.
+        """
+        cfg = self.config
+        clock = self._timer
+        t5 = clock()
+        running, state, epoch, t0 = job.running, job.state, job.epoch, job.started
+        adaptive_plan = not state.fallback
 
         def record(
             outcome: Outcome,
@@ -417,56 +618,26 @@ class AdaptiveCore:
             renewed: bool = False,
             latency: Latency | None = None,
         ) -> None:
-            self.decisions.append(
-                Decision(
-                    ts=now, epoch=epoch, outcome=outcome, reason=reason,
-                    running_id=state.program_id, running_delay_s=running_delay,
-                    candidates=candidates, chosen=chosen, renewed=renewed,
-                    latency=latency or Latency(total_s=clock() - t0), switch_at=switch_at,
-                )
-            )
+            self._record(ts=job.now, epoch=epoch, state=state, switch_at=job.switch_at,
+                         outcome=outcome, reason=reason, started=t0,
+                         running_delay=running_delay, candidates=candidates, chosen=chosen,
+                         renewed=renewed, latency=latency)
 
-        degradation = self.perception.degradation()
-        if not degradation.adaptive_allowed:
-            if self._adaptive_allowed:
-                self.stats.handovers += 1
-            self._adaptive_allowed = False
-            self.stats.fallback_decisions += 1
-            record(Outcome.FALLBACK, f"adaptive control suspended: {degradation.reason}")
+        stale = ("a newer epoch started (or it was completed already)"
+                 if job is not self._pending else self._stale(job, now))
+        if stale is not None:
+            if job is self._pending:
+                self._pending = None
+            self.stats.dropped += 1
+            record(Outcome.DROPPED, f"scores dropped: {stale}")
             return []
-        self._adaptive_allowed = True
-        if running is None:
+        self._pending = None
+        if isinstance(result, EvaluationFailed):
             self.stats.failures += 1
-            record(Outcome.FAILED, f"hardware runs {state.program_id!r}, unknown to this service")
+            record(Outcome.FAILED, f"decision failed: {result.reason}")
             return []
-
-        t1 = clock()
-        try:
-            estimate = self.perception.estimate(now, running)
-            t2 = clock()
-            proposed = list(
-                self.proposer(
-                    self.junction, estimate, running, self.fallback,
-                    program_prefix=f"{cfg.program_prefix}{epoch}",
-                )
-            )
-            t3 = clock()
-            snapshot = self.perception.snapshot(now, estimate, running, state.cycle_second)
-            t4 = clock()
-            scores = {
-                s.program_id: float(s.person_delay_s)
-                for s in self.evaluator.evaluate(
-                    snapshot, [running, *(c.program for c in proposed)]
-                )
-            }
-            t5 = clock()
-        except Exception as exc:
-            # A broken optimiser or twin must not take the controller down: the
-            # running plan is simply not renewed, and the hardware falls back.
-            self.stats.failures += 1
-            record(Outcome.FAILED, f"decision failed: {type(exc).__name__}: {exc}")
-            return []
-
+        scores = result
+        proposed = job.candidates
         running_delay = scores.get(running.id)
         usable = [c for c in proposed if c.program.id != running.id]
         ranked = sorted(
@@ -512,10 +683,8 @@ class AdaptiveCore:
             )
             break
         t6 = clock()
-        latency = Latency(
-            estimate_s=t2 - t1, propose_s=t3 - t2, snapshot_s=t4 - t3, evaluate_s=t5 - t4,
-            validate_s=t6 - t5, total_s=t6 - t0,
-        )
+        latency = replace(job.latency, evaluate_s=t5 - job.evaluating_since,
+                          validate_s=t6 - t5, total_s=t6 - t0)
         cand_records = tuple(records[c.program.id] for c in usable)
         if chosen is not None:
             cmd = self._command(chosen, now)

@@ -205,9 +205,9 @@ class AdaptiveDriver:
         self.transport.deliver(readings)
         states = self.hardware.tick(now)
         self.transport.deliver([self.hardware.state(now)])
-        before = self.core.stats.decisions
+        before = self.core.stats.recorded
         exchange(self.core, self.transport, now, journal=self.journal)
-        if self.core.stats.decisions != before and self.core.last_decision is not None:
+        if self.core.stats.recorded != before and self.core.last_decision is not None:
             self.decisions.append(self.core.last_decision)
         commands = self.transport.take_commands()
         if commands:

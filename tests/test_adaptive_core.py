@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -28,9 +30,11 @@ from controller.adaptive import (
     AnalyticScore,
     DetectorPerception,
     EstimateSnapshots,
+    EvaluationJob,
     Outcome,
     Proposer,
     analytic_delay_s,
+    scores_by_program,
     webster_proposer,
 )
 from controller.estimator import Estimate
@@ -45,7 +49,18 @@ from controller.optimiser import propose
 from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.safety import validate, validate_switch
 from controller.signals import JunctionSignals
-from controller.transport import InProcessTransport, Journal, exchange, replay
+from controller.transport import (
+    InProcessTransport,
+    Journal,
+    Received,
+    Scored,
+    Ticked,
+    advance,
+    complete,
+    deliver,
+    exchange,
+    replay,
+)
 from sim.hardware import SignalController
 
 JUNCTION = toy_junction()
@@ -439,3 +454,112 @@ def test_analytic_delay_prefers_green_where_the_flow_is() -> None:
     equal = loop.core.fallback
     assert analytic_delay_s(JUNCTION, est, tilted) < analytic_delay_s(JUNCTION, est, equal)
     assert math.isfinite(analytic_delay_s(JUNCTION, est, all_green("x")))
+
+
+class NoEvaluator:
+    """A core that must decide from the journal's recorded scores alone."""
+
+    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> list[AnalyticScore]:
+        raise AssertionError("the replay must use the recorded scores")
+
+
+def test_the_journal_records_scores_so_a_replay_needs_no_evaluator() -> None:
+    journal = Journal()
+    loop = Loop(make_core(), journal=journal)
+    loop.run(500)
+    issued = [c for _, c in loop.commands]
+    assert any(isinstance(e, Scored) and e.scores for e in journal.entries)
+    assert replay(make_core(evaluator=NoEvaluator()), journal) == issued
+    assert replay(make_core(), journal, rescore=True) == issued
+
+
+# -- split decisions: the evaluation runs elsewhere, the core keeps ingesting ------------
+
+
+def _score_in_worker(junction: JunctionSignals, snapshot: Any,
+                     programs: Sequence[SignalProgram]) -> dict[str, float]:
+    """Worker-process entry: the job's snapshot and programs are all it gets."""
+    return scores_by_program(AnalyticEvaluator(junction).evaluate(snapshot, programs))
+
+
+@dataclass
+class SplitLoop(Loop):
+    """``Loop`` with split decisions: the job is scored in a worker process and completed
+    ``delay(epoch)`` seconds later while detector readings keep arriving, as in the service."""
+
+    delay: Callable[[int], float] = lambda epoch: 2.0
+    in_flight: list[tuple[float, EvaluationJob, Future[dict[str, float]]]] = field(
+        default_factory=list)
+    #: (epoch in flight, readings handed to the core) per delivery while a job was pending.
+    ingested_in_flight: list[tuple[int, int]] = field(default_factory=list)
+
+    def run_split(self, seconds: int, pool: ProcessPoolExecutor) -> None:
+        for _ in range(seconds):
+            self.t += 1.0
+            now = self.t
+            self.transport.deliver(self.traffic.readings(now, self.shown))
+            self.shown = self.hardware.tick(now)
+            self.transport.deliver([self.hardware.state(now)])
+            inbound = self.transport.receive()
+            pending = self.core.pending
+            deliver(self.core, inbound, now, self.journal)
+            if pending is not None:
+                n = sum(isinstance(m, DetectorReading) for m in inbound)
+                self.ingested_in_flight.append((pending.epoch, n))
+            cmds: list[PlanCommand] = []
+            for item in [x for x in self.in_flight if x[0] <= now]:
+                self.in_flight.remove(item)
+                _, job, fut = item
+                cmds += complete(self.core, job, fut.result(timeout=120), now, self.journal)
+            step = advance(self.core, now, self.journal)
+            cmds += step.commands
+            if step.job is not None:
+                job = step.job
+                # The estimate's read-only mappings do not pickle; plain dicts do.
+                snap = replace(job.snapshot, groups=dict(job.snapshot.groups),
+                               approaches=dict(job.snapshot.approaches))
+                fut = pool.submit(_score_in_worker, JUNCTION, snap, list(job.programs))
+                self.in_flight.append((now + self.delay(job.epoch), job, fut))
+            self.commands += [(now, c) for c in cmds]
+            if cmds:
+                acks = [self.hardware.submit(c, now) for c in cmds]
+                deliver(self.core, acks, now, self.journal)
+
+
+def test_split_decisions_keep_ingesting_drop_stale_scores_and_replay_exactly() -> None:
+    journal = Journal()
+    # Most epochs get their scores 2 s later; every third only after its switch point.
+    loop = SplitLoop(make_core(), journal=journal,
+                     delay=lambda epoch: 40.0 if epoch % 3 == 0 else 2.0)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        loop.run_split(900, pool)
+    core = loop.core
+    issued = [c for _, c in loop.commands]
+    assert core.stats.plans_pushed >= 1 and core.stats.dropped >= 1
+    outcomes = {d.outcome for d in core.decisions}
+    assert {Outcome.PUSHED, Outcome.DROPPED} <= outcomes
+    # Readings reached the core while evaluations were in flight, and no decision
+    # came back in the second it started (the evaluation really was split off).
+    assert sum(n for _, n in loop.ingested_in_flight) >= 10 * len(DETECTORS)
+    started = {e.started: i for i, e in enumerate(journal.entries)
+               if isinstance(e, Ticked) and e.started is not None}
+    for i, e in enumerate(journal.entries):
+        if isinstance(e, Scored):
+            between = journal.entries[started[e.epoch] + 1:i]
+            assert any(isinstance(b, Received) and any(isinstance(m, DetectorReading)
+                                                       for m in b.messages) for b in between)
+    # The journal reproduces every command: from the recorded scores without any
+    # evaluator, and with the evaluator scoring each job's snapshot again.
+    assert journal.commands == issued
+    assert replay(make_core(evaluator=NoEvaluator()), journal) == issued
+    assert replay(make_core(), journal, rescore=True) == issued
+    # The scores are real inputs: with every evaluation failed instead, the replay
+    # issues other commands (or diverges: the recorded hardware then runs programs
+    # the replayed core never pushed).
+    failed = Journal([replace(e, scores=None, failure="lost") if isinstance(e, Scored) else e
+                      for e in journal.entries])
+    try:
+        again: list[PlanCommand] | None = replay(make_core(evaluator=NoEvaluator()), failed)
+    except ValueError:
+        again = None
+    assert again != issued

@@ -29,14 +29,22 @@ import pytest
 
 from controller.adaptive import AdaptiveCore, Outcome
 from controller.messages import DetectorReading, HardwareState, PlanAck
-from controller.transport import Journal, Received, replay
-from controller.twin import SumoTwin
+from controller.optimiser import propose
+from controller.transport import Journal, Received, Scored, replay
+from controller.twin import SnapshotBuilder, SumoTwin
 from sim import drivers
-from sim.adaptive_driver import AdaptiveDriver, OracleDriver, perception_for, twin_parts
+from sim.adaptive_driver import (
+    TWIN_HORIZON_S,
+    AdaptiveDriver,
+    OracleDriver,
+    perception_for,
+    twin_parts,
+)
 from sim.drivers import DriverContext
 from sim.junction import JunctionModel
 from sim.kpis import RunKpis
 from sim.runner import case_from_scenario, junction_of, run_dir_for, run_one
+from sim.twin_config import twin_config_from_model
 
 pytestmark = [pytest.mark.sumo, pytest.mark.slow]
 
@@ -233,11 +241,29 @@ def test_replay_of_the_messages_alone_reproduces_every_plan_command(recorded: Re
             proposer=parts.proposer, evaluator=parts.evaluator,
         )
         assert not _simulation_loaded()
-        again = replay(fresh, recorded.journal)
+        # rescore: the fresh twin scores every job's snapshot again; the recorded
+        # scores are not used.
+        again = replay(fresh, recorded.journal, rescore=True)
         assert not _simulation_loaded()
     finally:
         parts.close()
     assert again == issued
+    # The journal also records each decision's scores (split decisions): a replay
+    # without any twin reproduces the same commands from them.
+    scored = [e for e in recorded.journal.entries if isinstance(e, Scored)]
+    assert scored and all(e.scores for e in scored)
+    twinless = AdaptiveCore(
+        recorded.model.signals, recorded.fallback,
+        perception=perception_for(recorded.model, SnapshotBuilder(
+            twin_config_from_model(recorded.model, horizon_s=TWIN_HORIZON_S))),
+        proposer=propose, evaluator=_NoTwin(),
+    )
+    assert replay(twinless, recorded.journal) == issued
+
+
+class _NoTwin:
+    def evaluate(self, snapshot: Any, programs: Sequence[Any]) -> list[Any]:
+        raise AssertionError("a replay from recorded scores must not evaluate")
 
 
 def _simulation_loaded() -> bool:

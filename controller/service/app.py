@@ -3,19 +3,28 @@
 Threads and what runs where:
 
 - the event loop: MQTT (``MqttTransport``: ingest gate, publishing), the
-  once-per-second control loop, sd_notify, signals;
+  ingest task, the once-per-second control loop, decision evaluations
+  (awaiting the twin's futures), sd_notify, signals;
 - one core thread: every call into ``AdaptiveCore`` and its perception
-  (readings, states, acks, ``tick``), so the core is never touched by two
-  threads and a decision, twin evaluations included, never runs on the loop;
-- the twin's worker processes (``controller.twin.SumoTwin``);
+  (readings, states, acks, ``advance``, ``complete``), so the core is never
+  touched by two threads and never runs on the loop;
+- the twin's worker processes (``controller.twin.SumoTwin``), or, for the
+  analytic evaluator, one evaluator thread;
 - prometheus_client's HTTP server thread.
 
-Each second the control loop drains the transport and hands the batch to the
-core thread (``transport.dispatch`` then ``core.tick``, the order of
-``transport.exchange``), then publishes what the core decided and updates the
-metrics.  While a decision is still running the loop keeps its rhythm and
-buffers; the systemd watchdog is pinged from this loop only while a core step
-is not overdue, so a hung loop or a hung decision both stop the pings.
+Ingest: admitted messages go to the core thread as they arrive (the ingest
+task wakes on every arrival and hands over whatever is buffered), so a
+reading reaches the estimator within milliseconds, decisions or not.
+
+Decisions are split (docs/adaptive.md): each second the control loop hands
+the core thread ``advance(now)`` (after the last buffered messages, the order
+of ``transport.exchange``); an epoch that starts returns an evaluation job,
+whose snapshot and programs go to the twin's worker processes.  The core
+thread is free meanwhile.  When the scores arrive (or the time limit ends the
+evaluation) the core thread runs ``complete``: margin, safety gate, lease;
+stale scores (another running program, the switch point passed) are dropped.
+The systemd watchdog is pinged from the control loop only while a core step is
+not overdue, so a hung loop or a hung core thread both stop the pings.
 
 Start-up (safety.md D5): the core's decisions start, ``READY=1`` is sent and
 ``service/status`` becomes ``online`` only once enough detectors are healthy
@@ -52,7 +61,11 @@ from controller.adaptive import (
     Decision,
     DetectorPerception,
     EstimateSnapshots,
+    EvaluationFailed,
+    EvaluationJob,
+    EvaluationResult,
     SnapshotSource,
+    scores_by_program,
 )
 from controller.errors import ConfigError
 from controller.estimator import Estimate
@@ -70,13 +83,16 @@ from controller.safety import validate
 from controller.service.config import ServiceConfig, load_config
 from controller.service.mqtt import Arrival, MqttTransport
 from controller.service.notify import Notifier
-from controller.transport import dispatch
+from controller.transport import advance, complete, dispatch
 from controller.wire import ReadingGate, Rejected, ServiceState, decode_plan
 
 log = logging.getLogger("atsc.service")
 
 #: The control loop's period: the core's clock advances once per second.
 PERIOD_S: Final = 1.0
+#: After the first message of an ingest batch arrives, wait this long for more before
+#: handing the batch to the core thread (fewer thread hand-overs at high rates).
+INGEST_GATHER_S: Final = 0.002
 #: Estimates for the queue/delay/flow gauges are refreshed this often.
 ESTIMATE_EVERY_S: Final = 5.0
 #: SIGTERM to exit: publishing the final status gets this much of it.
@@ -125,28 +141,57 @@ def load_fallback(cfg: ServiceConfig, signals: Any) -> SignalProgram:
     return program
 
 
-class MeasuredEvaluator:
-    """Wraps the evaluator: a time limit per decision and one histogram sample per program."""
+class Scorer:
+    """Scores a decision's job off the core thread, within the time limit.
+
+    An evaluator with ``submit(snapshot, programs) -> [Future]`` (the SUMO twin:
+    one future per program, computed in its worker processes) is awaited
+    through its futures; any other runs ``evaluate`` on an evaluator thread.
+    One histogram sample per program.  Never raises: a failure or a timeout
+    becomes ``EvaluationFailed``, and the core records the decision as failed.
+    """
 
     def __init__(self, inner: Any, histogram: Histogram, timeout_s: float) -> None:
         self.inner = inner
         self.histogram = histogram
         self.timeout_s = timeout_s
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="atsc-evaluate")
 
-    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> Sequence[Any]:
-        from controller.twin import SumoTwin
+    async def score(self, job: EvaluationJob) -> EvaluationResult:
+        programs = list(job.programs)
+        try:
+            return await asyncio.wait_for(self._score(job.snapshot, programs), self.timeout_s)
+        except TimeoutError:
+            return EvaluationFailed(f"evaluation exceeded [twin] timeout_s = "
+                                    f"{self.timeout_s:g} s")
+        except Exception as exc:
+            return EvaluationFailed(f"{type(exc).__name__}: {exc}")
 
+    async def _score(self, snapshot: Any, programs: list[SignalProgram]) -> EvaluationResult:
+        submit = getattr(self.inner, "submit", None)
+        if callable(submit):
+            futures: list[concurrent.futures.Future[Any]] = submit(snapshot, programs)
+            try:
+                scores = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            finally:
+                for f in futures:
+                    f.cancel()  # after a timeout: what has not started never will
+            for sc in scores:
+                wall = getattr(sc, "wall_s", None)
+                if isinstance(wall, int | float):
+                    self.histogram.observe(wall)
+            return scores_by_program(scores)
         started = time.perf_counter()
-        if isinstance(self.inner, SumoTwin):
-            scores = self.inner.evaluate(snapshot, programs, timeout=self.timeout_s)
-            for s in scores:
-                self.histogram.observe(s.wall_s)
-            return scores
-        out: Sequence[Any] = self.inner.evaluate(snapshot, programs)
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._thread, self.inner.evaluate, snapshot, programs)
         each = (time.perf_counter() - started) / max(1, len(programs))
         for _ in programs:
             self.histogram.observe(each)
-        return out
+        return scores_by_program(out)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
 
 def _nothing() -> None:
@@ -158,6 +203,8 @@ class Parts:
     core: AdaptiveCore
     perception: DetectorPerception
     close: Callable[[], None]
+    #: The evaluator (``SumoTwin`` or ``AnalyticEvaluator``); the service drives it.
+    evaluator: Any = None
     warm_up: Callable[[], None] = _nothing
     worker_pids: Callable[[], tuple[int, ...]] = tuple
 
@@ -200,13 +247,13 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
         )
     except ValueError as exc:
         raise ConfigError(f"[controller] {exc}", cfg.source) from exc
+    # The core's own ``evaluate`` (the synchronous path) is not used by the service: it
+    # scores jobs through ``Scorer`` without blocking the core thread.
     core = AdaptiveCore(
-        model.signals, fallback, perception=perception, proposer=propose,
-        evaluator=MeasuredEvaluator(inner, metrics.twin_evaluation_duration_seconds,
-                                    cfg.twin.timeout_s),
+        model.signals, fallback, perception=perception, proposer=propose, evaluator=inner,
         config=adaptive, timer=time.perf_counter, first_seq=first_seq,
     )
-    return Parts(core, perception, close, warm_up, worker_pids)
+    return Parts(core, perception, close, inner, warm_up, worker_pids)
 
 
 def state_directory() -> Path | None:
@@ -234,6 +281,16 @@ def first_seq(state_dir: Path | None, now: float) -> int:
 
 
 @dataclass
+class Ingested:
+    """What a batch of inbound messages told the event loop's bookkeeping."""
+
+    states: list[HardwareState] = field(default_factory=list)
+    acks: list[PlanAck] = field(default_factory=list)
+    newest_ts: dict[str, float] = field(default_factory=dict)
+    readings: int = 0
+
+
+@dataclass
 class StepResult:
     commands: list[PlanCommand]
     decisions: list[Decision]
@@ -241,9 +298,16 @@ class StepResult:
     degradation: Degradation
     estimate: Estimate | None
     rejected_by_rule: Counter[str]
-    states: list[HardwareState] = field(default_factory=list)
-    acks: list[PlanAck] = field(default_factory=list)
-    newest_ts: dict[str, float] = field(default_factory=dict)
+    inbound: Ingested = field(default_factory=Ingested)
+    #: The evaluation job of an epoch that started in this step.
+    job: EvaluationJob | None = None
+
+
+@dataclass
+class Completed:
+    commands: list[PlanCommand]
+    decisions: list[Decision]
+    rejected_by_rule: Counter[str]
 
 
 class Service:
@@ -283,6 +347,9 @@ class Service:
         )
         self._core_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="atsc-core")
+        self.scorer = Scorer(self.parts.evaluator, self.metrics.twin_evaluation_duration_seconds,
+                             cfg.twin.timeout_s)
+        self._evaluations: set[asyncio.Task[None]] = set()
         self.ready = False
         self.stopping = False
         self._programs: dict[str, SignalProgram] = {fallback.id: fallback}
@@ -319,37 +386,44 @@ class Service:
             oldest = next(k for k in self._programs if k != self.fallback.id)
             del self._programs[oldest]
 
-    # -- the core step (core thread) ---------------------------------------------------------
-    def _step(self, batch: list[Arrival], now: float, decide: bool,
-              running: SignalProgram, want_estimate: bool) -> StepResult:
+    # -- calls into the core (core thread) -------------------------------------------------
+    def _ingest(self, batch: list[Arrival]) -> Ingested:
+        """Hand a batch of admitted messages to the core, each with its own arrival time."""
         handed = time.perf_counter()
         hist = self.metrics.ingest_latency_seconds
-        states: list[HardwareState] = []
-        acks: list[PlanAck] = []
-        newest: dict[str, float] = {}
+        out = Ingested()
         for a in batch:
             msg = a.message
             if isinstance(msg, DetectorReading):
                 hist.observe(max(0.0, handed - a.arrived))
-                newest[msg.detector_id] = max(msg.ts, newest.get(msg.detector_id, msg.ts))
+                out.readings += 1
+                prev = out.newest_ts.get(msg.detector_id, msg.ts)
+                out.newest_ts[msg.detector_id] = max(msg.ts, prev)
             elif isinstance(msg, HardwareState):
-                states.append(msg)
+                out.states.append(msg)
             else:
-                acks.append(msg)
-        for a in batch:
-            # Each message with its own arrival time: a reading that waited in the
-            # buffer while a decision ran is as fresh as when it came (health would
-            # otherwise call every detector stale after each long decision).
-            dispatch(self.core, [a.message], a.received)
-        before = self.core.stats.decisions
+                out.acks.append(msg)
+            # Each message with its own arrival time: one that waited in the buffer is
+            # as fresh as when it came (health would otherwise see gaps).
+            dispatch(self.core, [msg], a.received)
+        return out
+
+    def _new_decisions(self, recorded_before: int) -> list[Decision]:
+        n_new = self.core.stats.recorded - recorded_before
+        return list(self.core.decisions)[-n_new:] if n_new > 0 else []
+
+    def _step(self, batch: list[Arrival], now: float, decide: bool,
+              running: SignalProgram, want_estimate: bool) -> StepResult:
+        inbound = self._ingest(batch)
+        before = self.core.stats.recorded
+        job = None
         if decide:
-            commands = self.core.tick(now)
+            step = advance(self.core, now)
+            commands, job = step.commands, step.job
         else:
             # Before readiness only health advances; no decision epoch may run (D5).
             self.parts.perception.tick(now)
             commands = []
-        n_new = self.core.stats.decisions - before
-        decisions = list(self.core.decisions)[-n_new:] if n_new > 0 else []
         estimate = None
         if want_estimate:
             try:
@@ -357,18 +431,52 @@ class Service:
             except Exception:  # metrics must never stop the control loop
                 log.exception("estimate for the metrics failed")
         return StepResult(
-            commands=commands, decisions=decisions,
+            commands=commands, decisions=self._new_decisions(before),
             faulty=self.parts.perception.monitor.faulty(),
             degradation=self.parts.perception.degradation(), estimate=estimate,
             rejected_by_rule=Counter(self.core.stats.rejected_by_rule),
-            states=states, acks=acks, newest_ts=newest,
+            inbound=inbound, job=job,
         )
 
+    def _complete(self, job: EvaluationJob, result: EvaluationResult, now: float) -> Completed:
+        before = self.core.stats.recorded
+        commands = complete(self.core, job, result, now)
+        return Completed(commands, self._new_decisions(before),
+                         Counter(self.core.stats.rejected_by_rule))
+
     # -- after a step (event loop) ------------------------------------------------------------
+    def _apply_inbound(self, ing: Ingested) -> None:
+        m = self.metrics
+        for det, ts in ing.newest_ts.items():
+            self._newest_ts[det] = max(ts, self._newest_ts.get(det, ts))
+        for ack in ing.acks:
+            m.plan_acks_total.labels(status=ack.status.value).inc()
+            cmd = self._published.get(ack.seq)
+            if ack.status is AckStatus.ACCEPTED:
+                if cmd is not None and ack.seq > self._lease_seq:
+                    self._lease_seq = ack.seq
+                    self._lease_until = cmd.issued + cmd.lease_s
+            else:
+                log.error("hardware rejected plan seq=%d program=%s: %s", ack.seq,
+                          ack.program_id, ack.reason)
+        for state in ing.states:
+            if self._state is None or state.ts >= self._state.ts:
+                self._state = state
+
+    def _apply_decisions(self, decisions: Sequence[Decision],
+                         rejected_by_rule: Counter[str]) -> None:
+        m = self.metrics
+        for rule, n in rejected_by_rule.items():
+            delta = n - self._rule_counts.get(rule, 0)
+            if delta > 0:
+                m.plans_rejected_total.labels(rule=rule).inc(delta)
+        self._rule_counts = rejected_by_rule
+        for d in decisions:
+            self._record_decision(d)
+
     def _apply(self, r: StepResult, now: float) -> None:
         m = self.metrics
-        for det, ts in r.newest_ts.items():
-            self._newest_ts[det] = max(ts, self._newest_ts.get(det, ts))
+        self._apply_inbound(r.inbound)
         for det, ts in self._newest_ts.items():
             m.detector_data_age_seconds.labels(detector=det).set(max(0.0, now - ts))
         went_faulty: dict[str, list[str]] = {}
@@ -388,26 +496,7 @@ class Service:
             log.info("detector(s) healthy again: %s", ", ".join(recovered))
         self._faulty = r.faulty
         m.detectors_faulty.set(len(r.faulty))
-        for rule, n in r.rejected_by_rule.items():
-            delta = n - self._rule_counts.get(rule, 0)
-            if delta > 0:
-                m.plans_rejected_total.labels(rule=rule).inc(delta)
-        self._rule_counts = r.rejected_by_rule
-        for d in r.decisions:
-            self._record_decision(d)
-        for ack in r.acks:
-            m.plan_acks_total.labels(status=ack.status.value).inc()
-            cmd = self._published.get(ack.seq)
-            if ack.status is AckStatus.ACCEPTED:
-                if cmd is not None and ack.seq > self._lease_seq:
-                    self._lease_seq = ack.seq
-                    self._lease_until = cmd.issued + cmd.lease_s
-            else:
-                log.error("hardware rejected plan seq=%d program=%s: %s", ack.seq,
-                          ack.program_id, ack.reason)
-        for state in r.states:
-            if self._state is None or state.ts >= self._state.ts:
-                self._state = state
+        self._apply_decisions(r.decisions, r.rejected_by_rule)
         st = self._state
         if st is not None:
             m.fallback_active.set(1 if st.fallback else 0)
@@ -499,10 +588,46 @@ class Service:
                 continue
             self.transport.publish(cmd)
 
+    # -- ingest and decisions (event loop) -----------------------------------------------------
+    async def ingest_loop(self) -> None:
+        """Hand admitted messages to the core thread as they arrive."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.transport.wait_inbound()
+            if INGEST_GATHER_S > 0:
+                await asyncio.sleep(INGEST_GATHER_S)
+            batch = self.transport.receive_timed()
+            if not batch:
+                continue
+            try:
+                ingested = await loop.run_in_executor(self._core_thread, self._ingest, batch)
+            except Exception:
+                log.exception("ingest into the core failed (%d message(s))", len(batch))
+                continue
+            self._apply_inbound(ingested)
+
+    def _start_evaluation(self, job: EvaluationJob) -> None:
+        task = asyncio.create_task(self._evaluate(job), name=f"atsc-evaluate-{job.epoch}")
+        self._evaluations.add(task)
+        task.add_done_callback(self._evaluations.discard)
+
+    async def _evaluate(self, job: EvaluationJob) -> None:
+        """Score ``job`` in the twin's workers, then complete the decision on the core thread."""
+        result = await self.scorer.score(job)
+        loop = asyncio.get_running_loop()
+        try:
+            done = await loop.run_in_executor(self._core_thread, self._complete, job, result,
+                                              self.clock())
+        except Exception:
+            log.exception("completing decision epoch %d failed; nothing published", job.epoch)
+            return
+        self._apply_decisions(done.decisions, done.rejected_by_rule)
+        self._publish(done.commands)
+
     # -- the control loop ---------------------------------------------------------------------
     async def control_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        # A core step may legitimately take a whole twin evaluation; longer means hung.
+        # Core steps are short (the twin runs elsewhere); this long means the thread hangs.
         overdue_s = self.cfg.twin.timeout_s + 5.0
         pending: asyncio.Future[StepResult] | None = None
         started = 0.0
@@ -538,6 +663,8 @@ class Service:
                     self._apply(result, self.clock())
                     self._update_status(result, self.clock())
                     self._publish(result.commands)
+                    if result.job is not None:
+                        self._start_evaluation(result.job)
             if pending is None or time.monotonic() - started < overdue_s:
                 self.notifier.watchdog()
             else:
@@ -560,11 +687,13 @@ class Service:
         log.info("metrics on http://%s:%d/metrics", mc.bind, port)
         return port
 
-    async def run(self) -> int:
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Serve until SIGTERM/SIGINT (or ``stop`` is set: benchmarks, in-process tests)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         self._set_status_text("starting: connecting to the broker")
         log.info("atsc %s serving junction %s (%d detectors, fallback %s, evaluator %s, "
                  "adaptive %s)", self.version, self.cfg.junction.name, len(self.detector_ids),
@@ -573,14 +702,18 @@ class Service:
         warm = loop.run_in_executor(None, self.parts.warm_up)
         mqtt_task = asyncio.create_task(self.transport.run(), name="atsc-mqtt")
         control = asyncio.create_task(self.control_loop(), name="atsc-control")
+        ingest = asyncio.create_task(self.ingest_loop(), name="atsc-ingest")
         stop_wait = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({mqtt_task, control, stop_wait},
+        done, _ = await asyncio.wait({mqtt_task, control, ingest, stop_wait},
                                      return_when=asyncio.FIRST_COMPLETED)
         code = 0
-        for t in (mqtt_task, control):
+        for t in (mqtt_task, control, ingest):
             if t in done and not t.cancelled() and t.exception() is not None:
                 log.error("service task %s failed", t.get_name(), exc_info=t.exception())
                 code = 1
+        ingest.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await ingest
         await self.shutdown(control, mqtt_task, warm)
         stop_wait.cancel()
         return code
@@ -593,6 +726,11 @@ class Service:
         control.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await control
+        for task in list(self._evaluations):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.scorer.close()
         await self.transport.shutdown(ServiceState.STOPPING, STATUS_FLUSH_S)
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -6,7 +6,8 @@ plus a timestamp check (acks, states) on the event loop as it arrives.  A
 rejected message is counted under its reason and logged (rate-limited: the
 sender may be hostile); it never raises and never disturbs the messages
 around it.  Admitted messages wait in a buffer with their arrival time until
-the control loop drains them (``receive``/``receive_timed``).
+the service drains them (``receive``/``receive_timed``); ``wait_inbound``
+wakes the service's ingest task as soon as one is there.
 
 Outbound: ``publish`` only queues; a publisher task per connection sends plan
 commands (QoS 1, never retained) and the retained ``service/status``.  The
@@ -158,6 +159,7 @@ class MqttTransport:
         self._wanted_status: ServiceState | None = None
         self._status_sent = False
         self._wake = asyncio.Event()
+        self._inbound = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._connections = 0
         self._closing = False
@@ -173,7 +175,14 @@ class MqttTransport:
         """Every admitted message since the last call, with its arrival time."""
         out = list(self._inbox)
         self._inbox.clear()
+        self._inbound.clear()
         return out
+
+    async def wait_inbound(self) -> None:
+        """Return once an admitted message is waiting in the buffer."""
+        while not self._inbox:
+            self._inbound.clear()
+            await self._inbound.wait()
 
     def publish(self, command: PlanCommand) -> None:
         """Queue a plan command; it goes out on the current or the next connection."""
@@ -373,6 +382,7 @@ class MqttTransport:
                           "dropping the oldest messages", MAX_BUFFERED)
             self._inbox.popleft()
         self._inbox.append(Arrival(result, arrived, now))
+        self._inbound.set()
 
     def _timed(self, decoded: Inbound | Rejected, now: float, topic: str) -> Inbound | Rejected:
         if isinstance(decoded, Rejected):
