@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import queue
 import random
 import signal
@@ -94,6 +95,10 @@ MAX_PENDING_ACKS: Final = 100
 MAX_LAG_S: Final = 1.0
 #: Ack placeholders for commands too broken to name their program or sequence number.
 UNKNOWN_PROGRAM: Final = "invalid"
+#: Fault injection for soak runs (bench/soak.py): detectors that publish nothing during
+#: simulated-second windows, ``"N1_sl,N2_sl@600-900;E1_q@1000-1100"`` (begin inclusive,
+#: end exclusive).  Unset in normal runs.
+SILENCE_ENV: Final = "ATSC_FIELD_SILENCE"
 
 Kind = Literal["det", "state", "ack"]
 
@@ -139,11 +144,39 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, number
 
 
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Detectors that send nothing from ``begin_s`` (inclusive) to ``end_s`` (simulated)."""
+
+    detectors: frozenset[str]
+    begin_s: float
+    end_s: float
+
+
+def parse_silence(spec: str) -> tuple[Silence, ...]:
+    """``"D1,D2@t0-t1;D3@t2-t3"`` (simulated seconds) -> windows; ``""`` -> none."""
+    out: list[Silence] = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        ids, sep, window = part.partition("@")
+        begin, dash, end = window.partition("-")
+        try:
+            b, e = float(begin), float(end)
+        except ValueError:
+            b = e = math.nan
+        dets = frozenset(filter(None, (d.strip() for d in ids.split(","))))
+        if not sep or not dash or not dets or not b < e:
+            raise ConfigError(f"{SILENCE_ENV}: expected 'DET1,DET2@BEGIN-END', got {part!r}")
+        out.append(Silence(dets, b, e))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class FieldSettings:
     broker: BrokerConfig
     junction: str
     speed: float
+    #: Injected detector outages (``ATSC_FIELD_SILENCE``); empty in normal runs.
+    silence: tuple[Silence, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -449,6 +482,8 @@ class HilStats:
     status_malformed: int = 0
     max_lag_s: float = 0.0
     pacing_slips: int = 0
+    #: Readings not published because of an injected outage (``ATSC_FIELD_SILENCE``).
+    silenced_readings: int = 0
 
 
 class HilDriver:
@@ -472,6 +507,10 @@ class HilDriver:
                                for d in ctx.model.detectors}
         except ValueError as exc:
             raise ConfigError(f"{exc}; map it in the junction's detector map") from None
+        unknown = sorted(d for w in settings.silence for d in w.detectors
+                         if d not in self.det_topics)
+        if unknown:
+            raise ConfigError(f"{SILENCE_ENV}: unknown detector(s) {', '.join(unknown)}")
         self.link: Link = link or MqttLink(settings.broker, [
             (self.topics[TopicKind.PLAN], 1), (self.topics[TopicKind.SERVICE_STATUS], 1)])
         self._clock, self._wall, self._sleep = clock, wall, sleep
@@ -488,9 +527,12 @@ class HilDriver:
     def step(self, now: float, readings: Sequence[DetectorReading]) -> Mapping[str, str]:
         self._pace(now)
         wall = self._wall()
+        silent = self._silenced(now)
         out = [Outgoing("det", self.det_topics[r.detector_id],
                         encode_reading(replace(r, ts=wall)))
-               for r in readings if r.detector_id in self.det_topics]
+               for r in readings if r.detector_id in self.det_topics
+               and r.detector_id not in silent]
+        self.stats.silenced_readings += sum(r.detector_id in silent for r in readings)
         for msg in self.link.receive():
             out.extend(self._on_message(msg, now, wall))
         was_fallback = self.hardware.in_fallback
@@ -506,6 +548,10 @@ class HilDriver:
     def close(self) -> dict[str, object]:
         self.link.stop()
         return self.summary()
+
+    def _silenced(self, now: float) -> frozenset[str]:
+        windows = [w.detectors for w in self.settings.silence if w.begin_s <= now < w.end_s]
+        return frozenset().union(*windows) if windows else frozenset()
 
     # -- pacing -----------------------------------------------------------------------------
     def _pace(self, sim_t: float) -> None:
@@ -678,6 +724,11 @@ class HilDriver:
             "service_status": s.service_status,
             "service_status_malformed": s.status_malformed,
             "pacing": {"max_lag_s": round(s.max_lag_s, 4), "slips": s.pacing_slips},
+            "silence": {
+                "windows": [{"detectors": sorted(w.detectors), "begin_s": w.begin_s,
+                             "end_s": w.end_s} for w in self.settings.silence],
+                "readings_withheld": s.silenced_readings,
+            },
         }
 
 
@@ -722,6 +773,7 @@ def settings_from_args(args: argparse.Namespace, junction: str) -> FieldSettings
         broker=BrokerConfig(host, port, username=username, password=password,
                             tls_context=tls, identifier=username),
         junction=name, speed=float(args.speed),
+        silence=parse_silence(os.environ.get(SILENCE_ENV, "")),
     )
 
 
@@ -825,7 +877,9 @@ __all__ = [
     "LinkStats",
     "MqttLink",
     "Outgoing",
+    "Silence",
     "field_command",
     "parse_broker",
+    "parse_silence",
     "settings_from_args",
 ]
