@@ -14,17 +14,24 @@ aiomqtt and runs each one through the service's own ingest:
   Estimator.observe, snapshot source.
 
 Latency is wall clock from the reading's ``ts`` to just after the estimator saw it.
-Two modes:
+Three modes:
 
-- ``direct``: each message goes to the estimator as soon as it arrives: what the ingest
-  path itself costs;
-- ``loop``: the service's control loop drains the buffer once per ``PERIOD_S`` on its
-  core thread, as ``atsc serve`` does: what a reading's age is when the core sees it.
+- ``service``: the real thing. ``controller.service.app.Service`` runs in this process
+  with the SUMO twin (2 worker processes, 300 s horizon) and its own ingest path
+  (MqttTransport -> ingest task -> core thread -> estimator); a fake signal
+  controller publishes a state every second whose switch point is always 5 s ahead,
+  so a decision epoch starts as soon as the previous one completes: twin evaluations
+  are in flight during the whole measurement.  The only addition is a spy around
+  ``DetectorPerception.on_reading`` that takes the time after each call;
+- ``direct``: each message goes to the estimator as soon as it arrives, on the event
+  loop, nothing else running: what the ingest path itself costs;
+- ``loop``: the buffer drained once per second on a core thread, as ``atsc serve`` did
+  before decisions were split (for comparison).
 
 Prints a table and writes JSON; asserts nothing.
 
-    .venv/bin/python bench/ingest.py [--rates 500,1000,2000,4000] [--duration 10]
-                                     [--modes direct,loop] [--json out/bench/ingest.json]
+    .venv/bin/python bench/ingest.py [--rates 2000,4000] [--duration 10]
+                                     [--modes service,direct] [--json out/bench/ingest.json]
 """
 
 from __future__ import annotations
@@ -67,14 +74,19 @@ def _model() -> Any:
 # -- publisher (separate process) ------------------------------------------------------------
 
 
-def publish(port: int, rate: float, duration: float) -> None:
+def publish(port: int, rate: float, duration: float, seq0: int = 0) -> None:
     """Send ``rate`` readings per second for ``duration`` s, round-robin over the detectors."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    detectors = [d.id for d in _model().detectors]
+    from controller.messages import DetectorKind
+
+    infos = _model().detectors
+    detectors = [d.id for d in infos]
+    queue = [d.kind is DetectorKind.QUEUE for d in infos]
+    button = [d.kind is DetectorKind.PUSH_BUTTON for d in infos]
     topics = [topic_for(JUNCTION, TopicKind.DETECTOR, d) for d in detectors]
-    seqs = [0] * len(detectors)
+    seqs = [seq0] * len(detectors)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port, keepalive=30)
@@ -89,8 +101,11 @@ def publish(port: int, rate: float, duration: float) -> None:
             if ahead > 0.0005:
                 time.sleep(ahead)
             k = i % len(detectors)
+            # Plausible for every kind (detector health must call them healthy).
             reading = DetectorReading(detectors[k], time.time(), seqs[k], count=i % 2,
-                                      occupancy=0.12, presence=i % 2 == 1, speed_mps=9.5)
+                                      occupancy=0.12, presence=i % 2 == 1, speed_mps=9.5,
+                                      queue_m=7.0 if queue[k] else None,
+                                      pressed=False if button[k] else None)
             seqs[k] += 1
             if client.publish(topics[k], encode_reading(reading), qos=0).rc == 0:
                 sent += 1
@@ -118,6 +133,12 @@ class Row:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    #: service mode: decisions completed during the measurement, and the share of
+    #: samples (every 50 ms) with a twin evaluation in flight.
+    decisions: int | None = None
+    in_flight: float | None = None
+    #: service mode: p99 from arrival at the service's transport to the core thread.
+    service_p99_ms: float | None = None
 
 
 class Ingest:
@@ -230,19 +251,182 @@ async def measure(port: int, mode: str, rate: float, duration: float, model: Any
     )
 
 
+FALLBACK = ("P1", "P2", "P3", "P4"), (26, 12, 26, 10)
+
+
+def service_config(tmp: Path, port: int) -> Path:
+    stages, greens = FALLBACK
+    path = tmp / "bench-service.toml"
+    path.write_text(f"""
+[junction]
+name = "{JUNCTION}"
+path = "{REPO / 'scenarios' / JUNCTION}"
+
+[fallback]
+id = "fallback-bench"
+stages = {json.dumps(list(stages))}
+greens_s = {json.dumps(list(greens))}
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+
+[metrics]
+port = 0
+
+[controller]
+adaptive = true
+
+[twin]
+evaluator = "sumo"
+workers = 2
+horizon_s = 300
+timeout_s = 10.0
+""")
+    return path
+
+
+async def _run_publisher(port: int, rate: float, duration: float, seq0: int) -> dict[str, Any]:
+    pub = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--publish", "--port", str(port), "--rate", str(rate),
+        "--duration", str(duration), "--seq0", str(seq0), stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await pub.communicate()
+    except asyncio.CancelledError:
+        pub.kill()
+        await pub.wait()
+        raise
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def _hardware(port: int, service: Any, stop: asyncio.Event) -> None:
+    """A signal controller that runs the fallback, its switch point always 5 s ahead."""
+    from controller.messages import HardwareState
+    from controller.plans import group_states
+    from controller.wire import encode_state
+
+    fb = service.fallback
+    signals = service.model.signals
+    states = group_states(signals, fb)
+    cs = fb.cycle_s - 5
+    chars = "".join(states[g][cs] for g in signals.group_ids)
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-hw-{os.getpid()}") as c:
+        while not stop.is_set():
+            st = HardwareState(ts=time.time(), program_id=fb.id, fallback=True, cycle_second=cs,
+                               signal_states=chars)
+            await c.publish(topic_for(JUNCTION, TopicKind.STATE), encode_state(st), qos=0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def measure_service(port: int, rate: float, duration: float, model: Any, *,
+                          tmp: Path, seq0: int) -> Row:
+    """The live service, twin and decisions included, at ``rate`` readings per second."""
+    from controller.service.app import Service, load_fallback
+    from controller.service.config import load_config
+
+    cfg = load_config(service_config(tmp, port))
+    service = Service(cfg, model, load_fallback(cfg, model.signals))
+    core = service.core
+    latencies: list[float] = []
+    measuring = False
+    perception = service.parts.perception
+    on_reading = perception.on_reading
+
+    def spy(reading: DetectorReading, now: float) -> None:
+        on_reading(reading, now)
+        if measuring:
+            latencies.append(time.time() - reading.ts)
+
+    perception.on_reading = spy  # type: ignore[method-assign]
+    # The service's own part: arrival at MqttTransport.handle to the core thread.
+    internal: list[float] = []
+    ingest = service._ingest
+
+    def ingest_spy(batch: list[Any]) -> Any:
+        handed = time.perf_counter()
+        if measuring:
+            internal.extend(handed - a.arrived for a in batch
+                            if isinstance(a.message, DetectorReading))
+        return ingest(batch)
+
+    service._ingest = ingest_spy  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    served = asyncio.create_task(service.run(stop))
+    hardware = asyncio.create_task(_hardware(port, service, stop))
+    try:
+        # Warm up: detectors healthy, twin workers started, one decision completed.
+        warm = asyncio.create_task(_run_publisher(port, 200.0, 600.0, 0))
+        deadline = time.monotonic() + 180
+        while not (service.ready and core.stats.recorded >= 1) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if not service.ready:
+            raise RuntimeError("the service never became ready")
+        warm.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warm
+        await asyncio.sleep(1.0)
+        recorded0 = core.stats.recorded
+        samples: list[bool] = []
+        measuring = True
+
+        async def sample() -> None:
+            while True:
+                samples.append(core.pending is not None)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        report = await _run_publisher(port, rate, duration, seq0)
+        grace = time.monotonic() + GRACE_S
+        while len(latencies) < report["sent"] and time.monotonic() < grace:
+            await asyncio.sleep(0.05)
+        measuring = False
+        sampler.cancel()
+        decisions = core.stats.recorded - recorded0
+    finally:
+        stop.set()
+        hardware.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await hardware
+        await asyncio.wait_for(served, 30)
+    lat = np.array(latencies) * 1000.0
+    rejected = 0.0
+    for metric in service.metrics.messages_rejected_total.collect():
+        rejected += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return Row(
+        mode="service", rate_offered=rate, sent=report["sent"],
+        send_rate=report["sent"] / report["elapsed_s"] if report["elapsed_s"] else 0.0,
+        received=len(latencies),
+        rate_achieved=len(latencies) / report["elapsed_s"] if report["elapsed_s"] else 0.0,
+        rejected=int(rejected), lost=max(0, report["sent"] - len(latencies)),
+        p50_ms=float(np.percentile(lat, 50)) if lat.size else None,
+        p99_ms=float(np.percentile(lat, 99)) if lat.size else None,
+        max_ms=float(lat.max()) if lat.size else None,
+        decisions=decisions,
+        in_flight=sum(samples) / len(samples) if samples else None,
+        service_p99_ms=float(np.percentile(internal, 99)) * 1000.0 if internal else None,
+    )
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'mode':6s} {'offered/s':>9s} {'sent/s':>8s} {'achieved/s':>10s} "
+    head = (f"{'mode':7s} {'offered/s':>9s} {'sent/s':>8s} {'achieved/s':>10s} "
             f"{'received':>8s} {'lost':>6s} {'rejected':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
-            f"{'max ms':>7s}")
+            f"{'max ms':>7s} {'decisions':>9s} {'in flight':>9s} {'svc p99':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.mode:6s} {r.rate_offered:9.0f} {r.send_rate:8.0f} "
+        dec = "-" if r.decisions is None else str(r.decisions)
+        fl = "-" if r.in_flight is None else f"{r.in_flight:.0%}"
+        lines.append(f"{r.mode:7s} {r.rate_offered:9.0f} {r.send_rate:8.0f} "
                      f"{r.rate_achieved:10.0f} {r.received:8d} {r.lost:6d} {r.rejected:8d} "
-                     f"{_ms(r.p50_ms):>7s} {_ms(r.p99_ms):>7s} {_ms(r.max_ms):>7s}")
+                     f"{_ms(r.p50_ms):>7s} {_ms(r.p99_ms):>7s} {_ms(r.max_ms):>7s} "
+                     f"{dec:>9s} {fl:>9s} {_ms(r.service_p99_ms):>7s}")
     return "\n".join(lines)
 
 
@@ -257,17 +441,18 @@ def machine() -> dict[str, object]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="500,1000,2000,4000")
+    p.add_argument("--rates", default="2000,4000")
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--modes", default="direct,loop")
+    p.add_argument("--modes", default="service,direct")
     p.add_argument("--json", type=Path, default=REPO / "out" / "bench" / "ingest.json")
     # Internal: the publisher process.
     p.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--seq0", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.publish:
-        publish(args.port, args.rate, args.duration)
+        publish(args.port, args.rate, args.duration, args.seq0)
         return 0
 
     from controller.service.app import PERIOD_S
@@ -280,14 +465,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="atsc-bench-") as tmp, \
             running_broker(Path(tmp)) as broker:
         for mode in modes:
-            for rate in rates:
-                row = asyncio.run(measure(broker.port, mode, rate, args.duration, model,
-                                          period_s=PERIOD_S))
+            for k, rate in enumerate(rates):
+                if mode == "service":
+                    row = asyncio.run(measure_service(broker.port, rate, args.duration, model,
+                                                      tmp=Path(tmp), seq0=1_000_000 * (k + 1)))
+                else:
+                    row = asyncio.run(measure(broker.port, mode, rate, args.duration, model,
+                                              period_s=PERIOD_S))
                 rows.append(row)
                 print(f"  {mode} {rate:.0f}/s: achieved {row.rate_achieved:.0f}/s, "
                       f"p99 {_ms(row.p99_ms)} ms, lost {row.lost}", file=sys.stderr)
     print(f"target: >= 2000 msg/s, p99 <= 50 ms; {len(model.detectors)} detectors, "
-          f"{args.duration:.0f} s per row, loop period {PERIOD_S:.1f} s")
+          f"{args.duration:.0f} s per row; service: SUMO twin, 2 workers, 300 s horizon, "
+          f"a decision whenever the last one completed; loop: drained every {PERIOD_S:.1f} s")
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
