@@ -100,6 +100,26 @@ class TwinQueueSensor:
     groups: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TwinYield:
+    """Turning links of a vehicle group that yield to a pedestrian crossing.
+
+    In the field, a right turner released together with the parallel crossing
+    waits while pedestrians walk towards its path; on a shared through+right
+    lane the through vehicles behind it wait too.  The twin has no persons, so
+    it holds these links red for the seconds pedestrians are expected to block
+    them (``yield_holds``).
+    """
+
+    pedestrian_group: str
+    vehicle_group: str
+    #: Junction link indices (``signals``' numbering) of the yielding movement.
+    links: tuple[int, ...]
+    #: Seconds one pedestrian keeps the conflict area blocked (crossing length / walking
+    #: speed plus a start-up second or two): static geometry.
+    clear_s: float
+
+
 @dataclass(frozen=True)
 class TwinConfig:
     """Everything a twin worker needs, as plain picklable data (no ground truth).
@@ -155,6 +175,13 @@ class TwinConfig:
     share_prefix: bool = True
     #: Seconds between time-loss samples of the vehicles in the twin.
     loss_sample_s: int = 5
+    #: Turning links that yield to a crossing's pedestrians (held while they walk).
+    yields: tuple[TwinYield, ...] = ()
+    #: Weight of ``pedestrian_flow_per_h`` against the push-button record, in seconds of
+    #: red exposure (the arrival-rate estimate of ``SnapshotBuilder``).
+    pedestrian_prior_s: float = 600.0
+    #: Forgetting of the push-button record per second (time constant, seconds).
+    pedestrian_time_constant_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.horizon_s < 1 or self.step_length_s != 1.0:
@@ -244,6 +271,14 @@ class SnapshotBuilder:
         self._rate: dict[str, tuple[float, float]] = {}
         self._buses: list[_Bus] = []
         self._ped_since: dict[str, float] = {}
+        # Pedestrian arrival rate from the push-buttons: per crossing, when its red began,
+        # whether this red saw a press yet, and the forgotten sums of first presses and of
+        # red exposure (seconds until the first press, or the whole red without one).
+        self._ped_red: dict[str, float | None] = {}
+        self._ped_pressed: dict[str, bool] = {}
+        self._ped_n: dict[str, float] = {}
+        self._ped_t: dict[str, float] = {}
+        self._ped_last: dict[str, float] = {}
         self._green: dict[str, bool] = {}
         self._last_state_ts: float | None = None
         cfg = config
@@ -271,16 +306,32 @@ class SnapshotBuilder:
         elif did in cfg.push_buttons and reading.pressed:
             for g in cfg.push_buttons[did]:
                 self._ped_since.setdefault(g, reading.ts)
+                start = self._ped_red.get(g)
+                if start is not None and not self._ped_pressed.get(g, False):
+                    # The first press of a red: the time to the first arrival.
+                    self._ped_pressed[g] = True
+                    self._ped_exposure(g, reading.ts, reading.ts - start, 1.0)
 
     def observe_state(self, state: HardwareState) -> None:
         """Signal group states as the hardware reports them (about once per second)."""
         dt = 1.0 if self._last_state_ts is None else max(0.0, state.ts - self._last_state_ts)
         self._last_state_ts = state.ts
         green = SignalState.GREEN.value
+        ped_groups = self._ped_groups
         for gid, ch in zip(self.config.signals.group_ids, state.signal_states, strict=False):
             self._green[gid] = ch == green
             if ch == green:
                 self._ped_since.pop(gid, None)
+            if gid in ped_groups:
+                start = self._ped_red.get(gid)
+                if ch == green:
+                    if start is not None and not self._ped_pressed.get(gid, False):
+                        # A whole red without a press: censored exposure.
+                        self._ped_exposure(gid, state.ts, state.ts - start, 0.0)
+                    self._ped_red[gid] = None
+                elif gid not in self._ped_red or start is None:
+                    self._ped_red[gid] = state.ts
+                    self._ped_pressed[gid] = False
         cfg = self.config
         kept: list[_Bus] = []
         for bus in self._buses:
@@ -293,6 +344,38 @@ class SnapshotBuilder:
             ):
                 kept.append(bus)
         self._buses = kept
+
+    @property
+    def _ped_groups(self) -> frozenset[str]:
+        return frozenset(self.config.pedestrian_groups)
+
+    def _ped_exposure(self, group: str, ts: float, exposure_s: float, arrivals: float) -> None:
+        tau = self.config.pedestrian_time_constant_s
+        decay = math.exp(-max(0.0, ts - self._ped_last.get(group, ts)) / tau)
+        self._ped_last[group] = ts
+        self._ped_n[group] = self._ped_n.get(group, 0.0) * decay + arrivals
+        self._ped_t[group] = self._ped_t.get(group, 0.0) * decay + max(0.0, exposure_s)
+
+    def pedestrian_rates(self) -> dict[str, float]:
+        """Pedestrian arrivals per hour per crossing, from the push-buttons.
+
+        A press shows that someone waits; while one waits the button tells
+        nothing more.  So each red is a censored observation of a Poisson
+        process: the time to its first press, or the whole red without one.
+        The maximum-likelihood rate is presses / exposure; the configured rate
+        is the prior, worth ``pedestrian_prior_s`` seconds of exposure.
+        """
+        cfg = self.config
+        out: dict[str, float] = {}
+        for g, prior in cfg.pedestrian_flow_per_h.items():
+            if not any(g in gs for gs in cfg.push_buttons.values()):
+                out[g] = prior
+                continue
+            t0 = cfg.pedestrian_prior_s
+            n = self._ped_n.get(g, 0.0)
+            t = self._ped_t.get(g, 0.0)
+            out[g] = 3600.0 * (prior / 3600.0 * t0 + n) / (t0 + t) if t0 + t > 0 else prior
+        return out
 
     def _count(self, did: str, ts: float, count: int) -> None:
         # Exponentially smoothed count rate per loop, the fallback flow without an Estimate.
@@ -331,7 +414,7 @@ class SnapshotBuilder:
             flows_veh_h=flows,
             route_shares=_route_shares(cfg, flows),
             pedestrian_waiting_s=ped_wait,
-            pedestrian_flow_per_h=dict(cfg.pedestrian_flow_per_h),
+            pedestrian_flow_per_h=self.pedestrian_rates(),
         )
 
     def _flows(self, now: float, estimate: Estimate | None) -> dict[str, float]:
@@ -494,6 +577,60 @@ def link_state_table(signals: JunctionSignals, program: SignalProgram) -> tuple[
                 chars[i] = "g" if minor else st
         out.append("".join(chars))
     return tuple(out)
+
+
+def yield_holds(
+    signals: JunctionSignals,
+    program: SignalProgram,
+    yields: Sequence[TwinYield],
+    pedestrians_per_h: Mapping[str, float],
+) -> dict[int, frozenset[int]]:
+    """Cycle second -> junction links held red because pedestrians are expected on the path.
+
+    For each green window of a crossing, in the cycle of ``program``: the
+    pedestrians who arrived during the red before it walk first; with
+    arrival rate ``q`` and red ``R`` at least one waits with probability
+    ``1 - exp(-q R)``, and they block the yielding links for ``clear_s``.
+    Later in the window (and until the last walkers have cleared, ``clear_s``
+    after the crossing's green ends) each second is blocked with probability
+    ``1 - exp(-q clear_s)``.  The expected blocked seconds are held from the
+    start of the window, where the field's blocking mostly is; the turners and,
+    on a shared lane, the through vehicles behind them wait.  Deterministic, so
+    candidates keep common random numbers.
+    """
+    if not yields:
+        return {}
+    states = group_states(signals, program)
+    n = program.cycle_s
+    green = SignalState.GREEN.value
+    held: dict[int, set[int]] = {}
+    for y in yields:
+        rate = max(0.0, pedestrians_per_h.get(y.pedestrian_group, 0.0)) / 3600.0
+        ped = states.get(y.pedestrian_group)
+        veh = states.get(y.vehicle_group)
+        if rate <= 0 or ped is None or veh is None or green not in ped or green not in veh:
+            continue
+        if all(c == green for c in ped):
+            continue
+        clear = max(0.0, y.clear_s)
+        p_walk = 1.0 - math.exp(-rate * clear)
+        for start in range(n):
+            if ped[start] != green or ped[start - 1] == green:
+                continue
+            red = 0
+            while ped[(start - 1 - red) % n] != green:
+                red += 1
+            ped_green = 0
+            while ped[(start + ped_green) % n] == green:
+                ped_green += 1
+            span = [(start + k) % n for k in range(min(n, ped_green + math.ceil(clear)))]
+            veh_green = [c for c in span if veh[c] == green]
+            p_wait = 1.0 - math.exp(-rate * red)
+            first = min(len(veh_green), p_wait * clear)
+            hold = first + (len(veh_green) - first) * p_walk
+            for c in veh_green[: round(hold)]:
+                held.setdefault(c, set()).update(y.links)
+    return {c: frozenset(v) for c, v in held.items()}
 
 
 def timeline(snapshot: TwinSnapshot, program: SignalProgram, horizon_s: int) -> list[int]:
@@ -729,7 +866,7 @@ class _Worker:
         self.later = [d for d in deps if d.depart >= self.boundary]
         self.built = None
         self.prefix = _Progress()
-        table = self._table(run)
+        table = self._table(run, snapshot.pedestrian_flow_per_h)
         seconds = timeline(snapshot, run, h)
         self._advance(seconds, table, table, start=0, stop=self.boundary, acc=self.prefix)
         s.simulation.saveState(self.state)
@@ -784,8 +921,9 @@ class _Worker:
         cfg = self.config
         self.build(snapshot)
         s = self.sumo
-        run_table = self._table(snapshot.running)
-        cand_table = self._table(program)
+        rates = snapshot.pedestrian_flow_per_h
+        run_table = self._table(snapshot.running, rates)
+        cand_table = self._table(program, rates)
         seconds = timeline(snapshot, program, cfg.horizon_s)
         s.simulation.loadState(self.state)
         self._add(self.later)
@@ -814,13 +952,27 @@ class _Worker:
             wall_s=time.perf_counter() - started,
         )
 
-    def _table(self, program: SignalProgram) -> tuple[str, ...]:
-        key = (program.id, program.cycle_s, tuple(sorted(program.greens.items())))
+    def _table(
+        self, program: SignalProgram, pedestrians_per_h: Mapping[str, float]
+    ) -> tuple[str, ...]:
+        cfg = self.config
+        rates = tuple(
+            round(pedestrians_per_h.get(y.pedestrian_group, 0.0), 1) for y in cfg.yields
+        )
+        key = (program.id, program.cycle_s, tuple(sorted(program.greens.items())), rates)
         hit = self.tables.get(key)
         if hit is None:
             if len(self.tables) > 256:
                 self.tables.clear()
             table = link_state_table(self.config.signals, program)
+            holds = yield_holds(cfg.signals, program, cfg.yields, pedestrians_per_h)
+            if holds:
+                red = SignalState.RED.value
+                rows = [list(t) for t in table]
+                for c, links in holds.items():
+                    for i in links:
+                        rows[c][i] = red
+                table = tuple("".join(r) for r in rows)
             if self.config.link_map:
                 # The twin network numbers its links differently: pick each twin link's
                 # junction link (matched by from/to lane in sim.twin_config).

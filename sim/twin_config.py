@@ -28,6 +28,7 @@ from controller.twin import (
     TwinLoop,
     TwinQueueSensor,
     TwinRoute,
+    TwinYield,
 )
 from sim.junction import JunctionModel
 from sim.netbuild import netconvert_config, sumo_binary
@@ -41,6 +42,12 @@ DEFAULT_PEDESTRIANS_PER_H = 60.0
 #: The fast twin's vehicles leave this far into their exit edge: a car turning at 5.5 m/s
 #: or starting from the stop line is at free speed well before (docs/twin.md).
 EXIT_M = 100.0
+
+
+#: Walking speed for the time a pedestrian keeps a turner's path blocked (RiLSA's
+#: clearance speed), plus the seconds until the turner starts after the crossing clears.
+PEDESTRIAN_CLEAR_SPEED_MPS = 1.2
+PEDESTRIAN_CLEAR_EXTRA_S = 1.0
 
 
 #: The vehicle-only twin network: netconvert on the junction's own plain-XML sources,
@@ -196,6 +203,52 @@ def _vehicle_net(model: JunctionModel) -> _TwinNet:
     return _TwinNet(net_file, lane_of, {k: v.lane for k, v in twin.items()}, tuple(link_map))
 
 
+def _crossing_lengths(net_file: Path) -> dict[str, float]:
+    """Crossing edge id -> length of its lane (the pedestrians' walk)."""
+    root = ET.parse(net_file).getroot()
+    out: dict[str, float] = {}
+    for edge in root.iter("edge"):
+        if edge.get("function") == "crossing":
+            lengths = [float(ln.get("length", "0")) for ln in edge.iter("lane")]
+            out[edge.attrib["id"]] = max(lengths, default=0.0)
+    return out
+
+
+def yields_from_model(model: JunctionModel) -> tuple[TwinYield, ...]:
+    """The turning movements that yield to a crossing released with them (static geometry).
+
+    A vehicle group and a pedestrian group that are conditionally compatible
+    (the turners yield, minor green) share the seconds both are green; the
+    group's links whose exit arm is the crossing's arm cross the pedestrians'
+    path.  ``clear_s`` is the crossing's length at the clearance walking speed.
+    """
+    signals = model.signals
+    lengths = _crossing_lengths(model.net_file)
+    walk: dict[str, float] = {}
+    for link in model.links:
+        if link.crossing is not None and link.crossing in lengths:
+            pg = model.group_of_link(link.index)
+            walk[pg] = max(walk.get(pg, 0.0), lengths[link.crossing])
+    out: list[TwinYield] = []
+    for ped in signals.groups:
+        if ped.kind is not GroupKind.PEDESTRIAN or ped.id not in walk:
+            continue
+        for g in signals.groups:
+            if g.kind not in (GroupKind.VEHICLE, GroupKind.BUS):
+                continue
+            if not signals.conditionally_compatible(g.id, ped.id):
+                continue
+            links = tuple(
+                i for i in g.links
+                if model.links[i].crossing is None
+                and model.approach_of_edge(model.links[i].to_edge) == ped.approach
+            )
+            if links:
+                clear = walk[ped.id] / PEDESTRIAN_CLEAR_SPEED_MPS + PEDESTRIAN_CLEAR_EXTRA_S
+                out.append(TwinYield(ped.id, g.id, links, round(clear, 2)))
+    return tuple(out)
+
+
 def _loop_positions(files: tuple[Path, ...]) -> dict[str, float]:
     out: dict[str, float] = {}
     for f in files:
@@ -218,6 +271,7 @@ def twin_config_from_model(
     seed: int = 42,
     detailed: bool = False,
     vehicle_net: bool = False,
+    pedestrian_yield: bool = True,
 ) -> TwinConfig:
     """The twin's configuration for ``model`` (routes, lanes, detector positions).
 
@@ -349,4 +403,5 @@ def twin_config_from_model(
         link_map=link_map,
         exit_m=0.0 if detailed else EXIT_M,
         share_prefix=not detailed,
+        yields=yields_from_model(model) if pedestrian_yield else (),
     )
