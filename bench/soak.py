@@ -483,7 +483,7 @@ class Soak:
                     ("unknown_detector", topic_for(J, TopicKind.DETECTOR, f"X{i % 7}_zz"),
                      encode_reading(good)),
                     ("bad_topic", f"atsc/{J}/det/bad id", encode_reading(good)),
-                    ("schema", topic, json.dumps({"ts": now, "seq": seq}).encode()),
+                    ("schema", topic, json.dumps({**raw, "lane": 3}).encode()),  # unknown field
                     ("out_of_range", topic, json.dumps({**raw, "occupancy": 7.5}).encode()),
                     ("future_timestamp", topic, json.dumps({**raw, "ts": now + 3600}).encode()),
                     ("stale_timestamp", topic, json.dumps({**raw, "ts": now - 3600}).encode()),
