@@ -37,7 +37,7 @@ class FieldDetectors:
         self._queues = [d for d in detectors if d.kind is DetectorKind.QUEUE]
         self._buttons = [d for d in detectors if d.kind is DetectorKind.PUSH_BUTTON]
         self._button_crossings = {k: frozenset(v) for k, v in button_crossings.items()}
-        self._seen: dict[str, set[str]] = {d.id: set() for d in self._loops}
+        self._seen: dict[str, set[str]] = {d.id: set() for d in (*self._loops, *self._queues)}
         self._seq: dict[str, int] = {d.id: 0 for d in detectors}
         self._clock_base = clock_base
         known_loops = set(sumo.inductionloop.getIDList())
@@ -71,12 +71,17 @@ class FieldDetectors:
                 )
             )
         for d in self._queues:
+            # Like a loop, a queue sensor counts vehicles that entered its zone since the
+            # last reading (not those standing in it: that is what queue_m is for).
+            ids = set(s.lanearea.getLastStepVehicleIDs(d.id))
+            entered = len(ids - self._seen[d.id])
+            self._seen[d.id] = ids
             out.append(
                 DetectorReading(
                     detector_id=d.id,
                     ts=ts,
                     seq=self._next(d.id),
-                    count=s.lanearea.getLastStepVehicleNumber(d.id),
+                    count=entered,
                     occupancy=min(1.0, max(0.0, s.lanearea.getLastStepOccupancy(d.id) / 100)),
                     queue_m=max(0.0, s.lanearea.getJamLengthMeters(d.id)),
                 )
