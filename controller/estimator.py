@@ -76,12 +76,21 @@ class EstimatorConfig:
     delay_analysis_period_h: float = 0.25
     #: Lower bound on the green share in x = q / (s g/C), so x stays finite.
     min_green_share: float = 0.02
+    #: Spillback over an upstream loop (Rückstau über die Zählschleife): a queue sensor of one
+    #: of the loop's groups reports a queue reaching the loop's distance minus this margin.
+    spillback_margin_m: float = 10.0
+    #: Spillback stays in force this long after the queue last reached the loop (a queue
+    #: that reaches the loop at the end of red drains below it during green).
+    spillback_release_s: float = 150.0
+    #: Cycles (green starts) of queue history kept per group (arrival balance, carry-over).
+    queue_history_cycles: int = 4
 
     def __post_init__(self) -> None:
         positive = (
             self.flow_time_constant_s, self.saturation_per_lane_veh_h, self.jam_spacing_m,
             self.free_speed_mps, self.radar_time_constant_s, self.clear_gap_s,
             self.bus_speed_mps, self.min_green_share, self.delay_analysis_period_h,
+            self.spillback_release_s,
         )
         if any(not (v > 0 and math.isfinite(v)) for v in positive):
             raise ValueError("estimator time constants, speeds and flows must be positive")
@@ -89,6 +98,8 @@ class EstimatorConfig:
             raise ValueError("saturation_forgetting must be within (0, 1]")
         if not 0 < self.saturation_min_factor <= 1 <= self.saturation_max_factor:
             raise ValueError("saturation factors must bracket 1")
+        if self.spillback_margin_m < 0 or self.queue_history_cycles < 2:
+            raise ValueError("spillback margin must be >= 0 and queue history >= 2 cycles")
 
 
 def turn_factor(label: str, config: EstimatorConfig | None = None) -> float:
@@ -129,6 +140,14 @@ class GroupEstimate:
     green_share: float = 0.0
     #: Mean delay per vehicle (HCM/Webster); None without a known cycle or green.
     delay_s: float | None = None
+    #: Queue (vehicles) at the end of each of the last reds (at green start), oldest first.
+    red_end_queue_veh: tuple[float, ...] = ()
+    #: Part of each of those queues that the red's own arrivals do not explain (q x red):
+    #: vehicles carried over from earlier cycles (Restrückstau), oldest first.
+    carryover_veh: tuple[float, ...] = ()
+    #: A queue covers an upstream loop of this group, so its counts are discharge, not
+    #: arrivals; ``flow_veh_h`` is then held and balanced from the stop line (docs/estimation.md).
+    spillback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +264,18 @@ class _Group:
         "approach",
         "buses",
         "cycle_s",
+        "deps",
         "factor",
         "flow",
         "fluid_in",
         "fluid_out",
         "green",
+        "green_end",
         "green_share",
         "green_start",
+        "history",
+        "hold",
+        "hold_release",
         "id",
         "lanes",
         "last_good_flow",
@@ -259,6 +283,7 @@ class _Group:
         "n",
         "ped_since",
         "section_m",
+        "spill_until",
         "w_queue",
         "w_stop",
         "w_up",
@@ -285,6 +310,16 @@ class _Group:
         self.w_up = 0.0
         self.w_stop = 0.0
         self.w_queue = 0.0
+        # Cumulative departures over the stop line (vehicles), for the arrival balance.
+        self.deps = 0.0
+        self.green_end: float | None = None
+        # (green start ts, queue at red end, cumulative departures, carry-over) per cycle.
+        self.history: list[tuple[float, float, float, float]] = []
+        # Spillback: in force until this time; the flow held at its onset (veh/s), and
+        # when the hold was released (it then fades with the flow time constant).
+        self.spill_until: float | None = None
+        self.hold = 0.0
+        self.hold_release: float | None = None
 
 
 class Estimator:
@@ -431,6 +466,8 @@ class Estimator:
                 for gs, w in det.routes:
                     n = gs.n + w * count
                     gs.n = n if n > 0.0 else 0.0
+                    if w < 0.0:
+                        gs.deps -= w * count
             if kind is DetectorKind.STOP_LINE:
                 self._discharge(det, reading, prev_ts)
         elif kind is DetectorKind.QUEUE:
@@ -507,16 +544,26 @@ class Estimator:
             if is_green:
                 if gs.green_start is not None:
                     gs.cycle_s = now - gs.green_start
+                self._record_red_end(gs, now)
                 gs.green_start = now
                 gs.ped_since = None
                 self._start_runs(gs, now)
             else:
+                gs.green_end = now
                 if gs.green_start is not None:
                     gs.last_green_s = now - gs.green_start
                 for det in self._members[g][DetectorKind.STOP_LINE]:
                     if det.run_state == 2:
                         self._finish_run(det, det.run_last)
                     det.run_state = 0
+
+    def _record_red_end(self, gs: _Group, now: float) -> None:
+        """Queue at the end of red, departures so far and the carried-over part."""
+        queue = self._queue_veh(gs)
+        red_s = now - gs.green_end if gs.green_end is not None else 0.0
+        carry = max(0.0, queue - gs.flow * red_s)
+        gs.history.append((now, queue, gs.deps, carry))
+        del gs.history[: -self.config.queue_history_cycles]
 
     def _start_runs(self, gs: _Group, now: float) -> None:
         queue = self._queue_veh(gs)
@@ -535,6 +582,7 @@ class Estimator:
     def _advance(self, now: float) -> None:
         if self._t is None:
             self._t = now
+            self._update_spillback(now)
             for gs in self._groups.values():
                 gs.flow = self._flow(gs, now)[0]
             return
@@ -545,6 +593,7 @@ class Estimator:
         cfg = self.config
         k_radar = 1.0 - math.exp(-dt / cfg.radar_time_constant_s)
         k_share = 1.0 - math.exp(-dt / cfg.flow_time_constant_s)
+        self._update_spillback(now)
         for gs in self._groups.values():
             q = self._flow(gs, now)[0]
             gs.flow = q
@@ -553,6 +602,7 @@ class Estimator:
                 n += q * dt
             if gs.fluid_out and gs.green:
                 n -= self._saturation(gs) * dt
+                gs.deps += self._saturation(gs) * dt
             moving = self._moving(gs)
             target = self._radar_veh(gs, now)
             if target is not None:
@@ -579,7 +629,69 @@ class Estimator:
         return ksum / norm
 
     def _flow(self, gs: _Group, now: float) -> tuple[float, bool]:
-        """Arrival flow (veh/s) and whether it was measured."""
+        """Arrival flow (veh/s) and whether it was measured, corrected for spillback.
+
+        While a queue covers an upstream loop, that loop counts the queue's discharge,
+        not the arrivals: the flow is then at least the flow held at the onset and at
+        least the balance at the stop line (departures plus queue growth per cycle).
+        After the spillback, the hold fades with the flow time constant.
+        """
+        q, measured = self._loop_flow(gs, now)
+        if gs.spill_until is not None and now <= gs.spill_until:
+            return max(q, gs.hold, self._balance_flow(gs)), measured
+        if gs.hold_release is not None:
+            tau = self.config.flow_time_constant_s
+            q = max(q, gs.hold * math.exp(-max(now - gs.hold_release, 0.0) / tau))
+        return q, measured
+
+    def _balance_flow(self, gs: _Group) -> float:
+        """Arrivals (veh/s) over the recorded cycles: departures plus queue growth,
+        from the oldest recorded red end to the newest."""
+        h = gs.history
+        if len(h) < 2:
+            return 0.0
+        t0, q0, d0, _ = h[0]
+        t1, q1, d1, _ = h[-1]
+        if t1 - t0 <= 0:
+            return 0.0
+        return max(0.0, (d1 - d0 + q1 - q0) / (t1 - t0))
+
+    def _update_spillback(self, now: float) -> None:
+        """Flag groups whose upstream loop is covered by a queue (radar reading only)."""
+        cfg = self.config
+        for det in self._dets.values():
+            if det.info.kind is not DetectorKind.UPSTREAM or det.info.id in self._faulty:
+                continue
+            reach = det.info.distance_m - cfg.spillback_margin_m
+            covered = False
+            for g in det.info.groups:
+                for q in self._members[g][DetectorKind.QUEUE]:
+                    if (
+                        q.info.id not in self._faulty and q.queue_m is not None
+                        and q.last_ts is not None
+                        and now - q.last_ts <= 2.0 * q.info.report_period_s
+                        and q.queue_m >= reach
+                    ):
+                        covered = True
+            if not covered:
+                continue
+            for g in det.info.groups:
+                gs = self._groups[g]
+                if gs.spill_until is None or now > gs.spill_until:
+                    # Onset: hold the smoothed flow from before the queue covered the loop.
+                    # (gs.flow already carries a hold still fading from an earlier spillback.)
+                    gs.hold = max(gs.flow, self._loop_flow(gs, now)[0])
+                    gs.hold_release = None
+                else:
+                    # The loop's rate still catching up with a rise in demand is a lower bound.
+                    gs.hold = max(gs.hold, self._loop_flow(gs, now)[0])
+                gs.spill_until = now + cfg.spillback_release_s
+        for gs in self._groups.values():
+            if gs.spill_until is not None and now > gs.spill_until and gs.hold_release is None:
+                gs.hold_release = gs.spill_until
+
+    def _loop_flow(self, gs: _Group, now: float) -> tuple[float, bool]:
+        """Arrival flow (veh/s) from the counting loops and whether it was measured."""
         m = self._members[gs.id]
         for kind in (DetectorKind.UPSTREAM, DetectorKind.STOP_LINE):
             dets = m[kind]
@@ -739,6 +851,9 @@ class Estimator:
                 approach=gs.approach,
                 green_share=share,
                 delay_s=delay,
+                red_end_queue_veh=tuple(h[1] for h in gs.history),
+                carryover_veh=tuple(h[3] for h in gs.history),
+                spillback=gs.spill_until is not None and now <= gs.spill_until,
             )
         return Estimate(ts=now, groups=MappingProxyType(groups),
                         approaches=MappingProxyType(_approaches(groups)))

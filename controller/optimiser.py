@@ -51,6 +51,7 @@ __all__ = [
     "OptimiserConfig",
     "analytic_delay_s",
     "group_demand",
+    "persistent_groups",
     "propose",
     "skippable_stages",
 ]
@@ -96,6 +97,13 @@ class OptimiserConfig:
     split_tilt_s: int = 5
     #: At most this many stage-skipping variants per epoch.
     max_skip_variants: int = 2
+    #: A group's queue persists when it carried over at least ``persist_min_veh`` vehicles
+    #: (``GroupEstimate.carryover_veh``) at the end of each of its last ``persist_cycles``
+    #: reds, or when its queue covers its upstream loop (``GroupEstimate.spillback``).
+    persist_cycles: int = 2
+    persist_min_veh: float = 2.0
+    #: Most seconds the running-cycle shift moves to the persistent stage in one epoch.
+    persist_max_shift_s: int = 12
 
     def __post_init__(self) -> None:
         if self.n_candidates < 8:
@@ -117,8 +125,10 @@ class OptimiserConfig:
         if any(not (v > 0 and math.isfinite(v)) for v in positive):
             raise ValueError("saturation flows, analysis period and bus horizon must be positive")
         if min(self.flow_floor_veh_h, self.bus_extension_s, self.max_skip_variants,
-               self.split_tilt_s) < 0:
-            raise ValueError("flow floor, bus extension, tilt and skips must not be negative")
+               self.split_tilt_s, self.persist_min_veh, self.persist_max_shift_s) < 0:
+            raise ValueError("flow floor, bus extension, tilt, skips, shifts must be >= 0")
+        if self.persist_cycles < 1:
+            raise ValueError("persist_cycles must be at least 1")
 
     def cycle_limits(self, junction: JunctionSignals) -> tuple[int, int]:
         """(shortest, longest) cycle in whole seconds for this junction."""
@@ -689,6 +699,8 @@ def propose(
     if seq:
         opt, pool = _core_candidates(b, seq, pool)
     pool.insert(1 if pool else 0, ("fallback", fallback))
+    if seq:
+        _persistence_candidates(b, estimate, seq, add)
     if seq and opt is not None:
         _event_candidates(b, estimate, seq, opt, add)
         _variant_candidates(b, seq, opt, add)
@@ -732,6 +744,86 @@ def _core_candidates(
     pool.append(("delay-optimal", best))
     pool.append(("webster", web))
     return best_g, pool
+
+
+def persistent_groups(
+    estimate: Estimate, config: OptimiserConfig = OptimiserConfig()
+) -> dict[str, float]:
+    """Groups whose queue persisted at the end of red, with the mean carry-over (veh).
+
+    Persistent: the carry-over (queue at the end of red that the red's own arrivals
+    do not explain) was at least ``persist_min_veh`` in each of the last
+    ``persist_cycles`` cycles, or the queue covers the group's upstream loop.
+    """
+    out: dict[str, float] = {}
+    k = config.persist_cycles
+    for gid, ge in estimate.groups.items():
+        carry = [_finite(c) for c in ge.carryover_veh[-k:]]
+        lasting = len(carry) >= k and min(carry) >= config.persist_min_veh
+        if lasting or (ge.spillback and ge.red_end_queue_veh
+                       and ge.red_end_queue_veh[-1] >= config.persist_min_veh):
+            out[gid] = max(sum(carry) / len(carry) if carry else 0.0, config.persist_min_veh)
+    return out
+
+
+def _persistence_candidates(
+    b: _Builder,
+    estimate: Estimate,
+    seq: tuple[str, ...],
+    add: Callable[[str, tuple[str, ...], Greens], None],
+) -> None:
+    """The running cycle with green moved to the stage whose queue persists.
+
+    Whole seconds are taken one at a time from the stage with the most slack above
+    its minimum green among the stages that serve no persistent group, so the
+    cycle (and every other stage's minimum) stays.  Two sizes: the seconds that
+    discharge the mean carry-over at saturation flow (capped at
+    ``persist_max_shift_s``) and half of them.  A shift that would break a maximum
+    red the running split keeps is shortened until it does not.
+    """
+    run = b.running.stage_plan
+    if run is None or run.sequence != seq:
+        return
+    persist = {g: c for g, c in persistent_groups(estimate, b.cfg).items()
+               if g in b.j.group_ids and b.j.group(g).is_vehicular}
+    if not persist:
+        return
+    greens = np.array(run.greens_s, dtype=float)
+    mins = np.array(stage_min_greens(b.j, seq), dtype=float)
+
+    def need_s(gid: str) -> float:
+        d = b.demand.get(gid)
+        sat = d.saturation_veh_h if d is not None else b.cfg.default_saturation_veh_h
+        return persist[gid] * 3600.0 / sat
+
+    gid = max(sorted(persist), key=need_s)
+    k = _stage_of(b.j, seq, gid, greens)
+    if k is None:
+        return
+    donors = [i for i, st in enumerate(seq)
+              if i != k and not any(g in persist for g in b.j.stage(st).groups)]
+    if not donors:
+        return
+    m = b.model(seq)
+    base_excess = float(m.red_excess(greens)[0]) if m is not None else 0.0
+    full = min(math.ceil(need_s(gid)), b.cfg.persist_max_shift_s)
+    for size in sorted({full, max(1, full // 2)}):
+        g = greens.copy()
+        moved = 0
+        for _ in range(size):
+            slack = {i: g[i] - mins[i] for i in donors if g[i] - mins[i] >= 1.0}
+            if not slack:
+                break
+            i = max(slack, key=lambda i: (slack[i], -i))
+            trial = g.copy()
+            trial[i] -= 1.0
+            trial[k] += 1.0
+            if m is not None and float(m.red_excess(trial)[0]) > base_excess:
+                break
+            g = trial
+            moved += 1
+        if moved:
+            add(f"persist-{seq[k]}+{moved}s", seq, g)
 
 
 def _seed_greens(b: _Builder, seq: tuple[str, ...]) -> list[FloatArray]:
