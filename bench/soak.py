@@ -781,13 +781,17 @@ def analyse(soak: Soak, hil: dict[str, Any], field_rc: int) -> dict[str, Any]:
                             if x["event"] == "service SIGKILL" and "restarted" in x],
         "service stopping": [(x["ts"] - (x.get("stop_s") or 0) - 1, x["ts"] + 60)
                              for x in soak.events if x["event"] == "service SIGTERM"],
+        # D2: the service says "degraded" while the silenced detectors are faulty.
+        "service degraded": [(soak.wall_of(sched.at("outage")),
+                              soak.wall_of(sched.outage_end) + 60)]
+        if "outage" in sched.faults else [],
     }
     for x in entered:
         reason = x["reason"]
         ok, why = False, ""
         if reason in windows:
             ok = any(a <= x["ts"] <= b for a, b in windows[reason])
-            why = "follows the service kill/stop" if ok else "no matching service event"
+            why = f"follows the {reason!r} event" if ok else "no matching service event"
         elif reason == "lease expired":
             cmds = [p for p in seen.plans if p["ts"] < x["ts"]
                     and any(a["seq"] == p["seq"] for a in accepted)]
@@ -805,7 +809,10 @@ def analyse(soak: Soak, hil: dict[str, Any], field_rc: int) -> dict[str, Any]:
         checks.append({"event": "entered", "ts": x["ts"], "sim_s": x["sim_s"],
                        "reason": reason, "ok": ok, "why": why})
     for x in left:
-        prev = [s for s in seen.statuses if s["ts"] <= x["ts"]]
+        # Order statuses by when they arrived: a Last Will carries the ts of its client's
+        # connect, long before it is published.
+        prev = sorted((s for s in seen.statuses if s.get("recv", s["ts"]) <= x["ts"]),
+                      key=lambda s: s.get("recv", s["ts"]))
         status_ok = not prev or prev[-1]["state"] == "online"
         acks = [a for a in accepted if a["program_id"] == x["program_id"] and a["ts"] <= x["ts"]]
         checks.append({"event": "left", "ts": x["ts"], "sim_s": x["sim_s"],

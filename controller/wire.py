@@ -88,6 +88,9 @@ class Rejected:
 
 class ServiceState(StrEnum):
     ONLINE = "online"
+    #: Running, but not adapting (too many detectors faulty, D2): the hardware should run
+    #: its own program; it returns to the fallback at its next switch point.
+    DEGRADED = "degraded"
     OFFLINE = "offline"
     STOPPING = "stopping"
 

@@ -122,3 +122,39 @@ def test_soak_smoke(tmp_path: Path) -> None:
     assert broker["recover_s"] is not None, broker["what"]
     assert fig["mqtt_reconnects"] >= 1 and fig["field_connects"] >= 2
     assert fig["fallback_checks_ok"], report["fallback_checks"]
+
+
+@pytest.mark.mosquitto
+@pytest.mark.sumo
+@pytest.mark.slow
+def test_detector_outage_and_service_crash_hand_the_junction_to_its_fallback(
+    tmp_path: Path,
+) -> None:
+    """D2: silent detectors stop adaptation (no plan while they are faulty; the lease lapses);
+    D3: a SIGKILLed service leaves the field on its own program within the lease."""
+    out = tmp_path / "soak"
+    cmd = [sys.executable, str(REPO / "bench" / "soak.py"), "--sim-s", "600", "--speed", "4",
+           "--faults", "outage,crash", "--evaluator", "analytic", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report: dict[str, Any] = json.loads((out / "soak.json").read_text())
+    fig = report["figures"]
+    rows = {r["fault"]: r for r in report["fault_table"]}
+    assert fig["unsafe_states"] == 0 and fig["field_exit_code"] == 0
+    assert fig["service_crashes_from_input"] == 0
+
+    # The run must have been adapting before the faults, or it proves nothing.
+    assert fig["plans_pushed"] > 0 and fig["field_plans"]["accepted"] > 0, fig["field_plans"]
+    outage = rows["detector outage (north approach)"]
+    assert outage["detail"]["plans_during"] == [], outage["what"]
+    # The service announced "degraded" and the field went back to its own program at its
+    # next switch point, well before the lease would have run out.
+    assert outage["detail"]["fallback"] is not None, outage["what"]
+    assert outage["detail"]["fallback"]["reason"] == "service degraded", outage["what"]
+
+    crash = rows["service SIGKILL + restart"]
+    fallback = crash["detail"]["fallback"]
+    assert fallback is not None and fallback["reason"] == "service offline", crash["what"]
+    # Every fallback entry and exit followed a rule (lease, service offline, rejected plan).
+    assert fig["fallback_checks_ok"], report["fallback_checks"]

@@ -366,6 +366,7 @@ class Service:
         self._last_estimate = -math.inf
         self._status_text = ""
         self._unknown_program_logged: set[str] = set()
+        self._announced: ServiceState | None = None
         self._http: Any = None
 
     # -- wiring callbacks ----------------------------------------------------------------
@@ -565,11 +566,23 @@ class Service:
                 log.info("inputs healthy (%s): ready, adaptive control %s", why,
                          "on" if self.cfg.controller.adaptive else "off (shadow mode)")
                 self.transport.set_status(ServiceState.ONLINE)
+                self._announced = ServiceState.ONLINE
                 self.notifier.ready(f"ready: {why}")
                 self._status_text = ""
             else:
                 self._set_status_text(f"waiting for inputs: {why}")
             return
+        # D2: while adaptation is not allowed, say so on the status topic; the hardware then
+        # returns to its own program at its next switch point instead of waiting for the lease.
+        degraded = not r.degradation.adaptive_allowed
+        wanted = ServiceState.DEGRADED if degraded else ServiceState.ONLINE
+        if wanted is not self._announced:
+            self._announced = wanted
+            self.transport.set_status(wanted)
+            if degraded:
+                log.warning("status degraded, not adapting: %s", why)
+            else:
+                log.info("status online again: %s", why)
         st = self._state
         running = "?" if st is None else st.program_id + (" (fallback)" if st.fallback else "")
         broker = "broker connected" if self.transport.connected else "broker disconnected"
