@@ -29,7 +29,7 @@ from test_service_harness import (
 
 from controller.wire import TopicKind, topic_for
 
-pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(300)]
 
 PLAN = topic_for(JUNCTION, TopicKind.PLAN)
 STATUS = topic_for(JUNCTION, TopicKind.SERVICE_STATUS)
@@ -76,7 +76,7 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
             fld = ScriptedField(broker)
             async with field_running(fld):
                 await _online(svc, fld)
-                await async_wait_for(lambda: len(plans) >= 3, 30, "plans before the kill")
+                await async_wait_for(lambda: len(plans) >= 3, 90, "plans before the kill")
                 before = scrape(port)
                 assert value(before, "atsc_mqtt_reconnects_total") == 0
 
@@ -103,7 +103,9 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
                 await async_wait_for(
                     lambda: value(scrape(port), "atsc_ingest_latency_seconds_count") > fed + 34,
                     20, "readings after the reconnect")
-                await async_wait_for(lambda: len(plans) >= n_before_restart + 3, 40,
+                # Generous: the detectors' recovery (hysteresis) and the next decision epochs
+                # take longer on a loaded machine; nothing here is a timing claim.
+                await async_wait_for(lambda: len(plans) >= n_before_restart + 3, 120,
                                      "plans after the reconnect")
             stop.set()
             await spy
