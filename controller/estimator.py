@@ -229,7 +229,9 @@ class _Det:
 
     def __init__(self, info: DetectorInfo) -> None:
         self.info = info
-        self.lanes = max(1, len(info.lanes))
+        # A queue sensor's zone (SUMO lane area) may run over consecutive lanes of one lane
+        # chain (an approach lane and its continuation): one lane wide, not several.
+        self.lanes = 1 if info.kind is DetectorKind.QUEUE else max(1, len(info.lanes))
         self.share = 1.0 / len(info.groups) if info.groups else 0.0
         self.last_seq: int | None = None
         self.last_ts: float | None = None

@@ -110,3 +110,22 @@ def test_estimator_hcm_delay_matches_webster_uniform_term() -> None:
     over = hcm_delay_s(1000.0, s, lam, c)
     assert over is not None and over > hcm_delay_s(600.0, s, lam, c)  # type: ignore[operator]
     assert hcm_delay_s(q, s, 0.0, c) is None
+
+
+def test_estimator_queue_zone_over_consecutive_lanes_is_one_lane_wide() -> None:
+    """A queue sensor whose zone runs from the approach lane into its continuation (two SUMO
+    lanes one behind the other) measures one lane: the same queue length gives the same
+    number of queued vehicles as a zone on a single lane."""
+    from controller.estimator import Estimator
+
+    def queued(lanes: tuple[str, ...]) -> float:
+        det = DetectorInfo("q", DetectorKind.QUEUE, "N", lanes, ("K1",))
+        est = Estimator([det])
+        for t in range(5):
+            est.observe(DetectorReading("q", float(t), t, queue_m=70.0))
+        est.observe_signals(4.0, {"K1": False})
+        return est.estimate(5.0).groups["K1"].queue_veh
+
+    single = queued(("N_app_2",))
+    assert single > 0
+    assert queued(("N_in_2", "N_app_2")) == pytest.approx(single)
