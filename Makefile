@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 
 venv: $(STAMP)
 
-## Main job: closed-loop Schlosskreuzung morning peak, baselines compared, report written.
+## Main job: closed-loop Schlosskreuzung morning peak, the adaptive controller against the
+## baselines, report written.
 demo: $(STAMP)
 	$(VENV)/bin/atsc run morning_peak --controller fixed --controller actuated \
-		--controller max-pressure --seeds 2 --out $(OUT)
+		--controller max-pressure --controller adaptive --seeds 2 --out $(OUT)
 
 ## Whole test suite (what CI runs).
 test: $(STAMP)
