@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from controller.messages import DetectorKind
 from sim.detectors import FieldDetectors
 from sim.drivers import SignalDriver
 from sim.junction import JunctionModel
@@ -116,7 +115,10 @@ def simulate(
             sumo.trafficlight.setProgram(tls, run.native_program)
         truth_hook = getattr(driver, "observe_truth", None)
         links = LinkStates(model.signals, model.minor_links)
-        detectors = FieldDetectors(sumo, model.detectors, button_crossings(model))
+        detectors = FieldDetectors(
+            sumo, model.detectors,
+            {pid: (pb.crossing,) for pid, pb in model.push_buttons.items()},
+        )
         monitor = ConflictMonitor(model.signals)
         queue_lanes = {
             a.id: [
@@ -170,22 +172,6 @@ def simulate(
         result.driver_stats = driver.close()
         result.wall_time_s = time.perf_counter() - started
     return result
-
-
-def button_crossings(model: JunctionModel) -> dict[str, tuple[str, ...]]:
-    """Push-button id -> the crossing edges of the pedestrian groups it requests."""
-    out: dict[str, tuple[str, ...]] = {}
-    for d in model.detectors:
-        if d.kind is not DetectorKind.PUSH_BUTTON:
-            continue
-        crossings = {
-            link.crossing
-            for g in d.groups
-            for idx in model.signals.group(g).links
-            if (link := model.links[idx]).crossing
-        }
-        out[d.id] = tuple(sorted(c for c in crossings if c))
-    return out
 
 
 def print_progress(label: str) -> Callable[[float], None]:

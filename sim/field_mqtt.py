@@ -50,8 +50,6 @@ import aiomqtt
 
 from controller.errors import ConfigError
 from controller.messages import AckStatus, DetectorReading, PlanAck, PlanCommand
-from controller.plans import SignalProgram
-from controller.signals import JunctionSignals
 from controller.wire import (
     ID_PATTERN,
     Rejected,
@@ -436,36 +434,6 @@ class MqttLink:
                 self.stats.dropped[m.kind] += 1
 
 
-# -- the hardware ---------------------------------------------------------------------------
-
-
-class FieldSignalController(SignalController):
-    """The simulated controller plus one input a real cabinet has: "go back to fallback".
-
-    ``sim.hardware`` leaves the running plan alone until its lease runs out.  A
-    cabinet also drops to its own program when the supervising system says it
-    is going away, and does not keep a plan whose successor was refused.  This
-    needs ``release()``; until ``SignalController`` grows that hook, it is
-    written here against the two attributes that hold the lease state.
-    """
-
-    def __init__(self, junction: JunctionSignals, fallback: SignalProgram) -> None:
-        super().__init__(junction, fallback)
-        self.released_program: str | None = None
-
-    def release(self) -> bool:
-        """Return to the fallback program at the next switch point; False if nothing to do."""
-        already = self.in_fallback or self._lease_until == -math.inf
-        if already and self._pending is None:
-            return False
-        self._pending = None
-        # A lease that has run out: the hardware's own check at the next switch point
-        # then selects the fallback, exactly as for an expired lease.
-        self._lease_until = -math.inf
-        self.released_program = None if self.in_fallback else self.running.id
-        return True
-
-
 # -- the driver: one simulated second on the broker ---------------------------------------
 
 
@@ -498,7 +466,7 @@ class HilDriver:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.signals = ctx.model.signals
-        self.hardware = FieldSignalController(ctx.model.signals, ctx.fixed_program)
+        self.hardware = SignalController(ctx.model.signals, ctx.fixed_program)
         self.stats = HilStats()
         j = settings.junction
         self.topics = {k: topic_for(j, k) for k in TopicKind if k is not TopicKind.DETECTOR}
@@ -870,7 +838,6 @@ __all__ = [
     "CONTROLLER",
     "BrokerConfig",
     "FieldSettings",
-    "FieldSignalController",
     "HilDriver",
     "Incoming",
     "Link",

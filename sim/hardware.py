@@ -19,6 +19,7 @@ hardware checks again with separate code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ class SignalController:
         self._pending: tuple[SignalProgram, float] | None = None
         self._last_seq = -1
         self._cache: dict[str, tuple[SignalProgram, list[dict[str, str]]]] = {}
+        #: Program given up by ``release()`` while it still runs (until the switch point).
+        self.released_program: str | None = None
 
     # -- plan interface ------------------------------------------------------
     @property
@@ -100,6 +103,20 @@ class SignalController:
         self._pending = (program, lease_until)
         self.stats.plans_accepted += 1
         return self._ack(cmd, AckStatus.ACCEPTED, "accepted for the next cycle boundary", now)
+
+    def release(self) -> bool:
+        """Return to the fallback program at the next switch point; False if nothing to do.
+
+        What a cabinet does when its supervising system goes away or a successor plan was
+        refused: the lease is treated as run out, so the switch point selects the fallback.
+        """
+        already = self.in_fallback or self._lease_until == -math.inf
+        if already and self._pending is None:
+            return False
+        self._pending = None
+        self._lease_until = -math.inf
+        self.released_program = None if self.in_fallback else self.running.id
+        return True
 
     def _reject(self, cmd: PlanCommand, reason: str, now: float) -> PlanAck:
         self.stats.plans_rejected += 1

@@ -207,12 +207,9 @@ class JunctionModel:
 
         Minor links show ``g`` instead of ``G``.  Groups not named show red.
         """
-        chars = ["r"] * len(self.links)
-        for g in self.signals.groups:
-            s = group_states.get(g.id, "r")
-            for i in g.links:
-                chars[i] = "g" if s == "G" and i in self.minor_links else s
-        return "".join(chars)
+        from sim.tlsprogram import LinkStates
+
+        return LinkStates(self.signals, self.minor_links).encode(group_states)
 
 
 def _crossing_edges(model: JunctionModel, crossing: str) -> set[str]:
