@@ -259,6 +259,9 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
     return Parts(core, perception, close, inner, warm_up, worker_pids)
 
 
+#: Seconds adaptation must stay forbidden (D2) before the status turns "degraded".
+DEGRADED_AFTER_S = 15.0
+
 def state_directory() -> Path | None:
     """systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``, first entry), if any."""
     raw = os.environ.get("STATE_DIRECTORY", "")
@@ -367,6 +370,7 @@ class Service:
         self._status_text = ""
         self._unknown_program_logged: set[str] = set()
         self._announced: ServiceState | None = None
+        self._degraded_since: float | None = None
         self._http: Any = None
 
     # -- wiring callbacks ----------------------------------------------------------------
@@ -574,7 +578,14 @@ class Service:
             return
         # D2: while adaptation is not allowed, say so on the status topic; the hardware then
         # returns to its own program at its next switch point instead of waiting for the lease.
-        degraded = not r.degradation.adaptive_allowed
+        # Only a lasting degradation is announced: a detector flapping for a few seconds must
+        # not send the junction to its fallback and back.
+        if r.degradation.adaptive_allowed:
+            self._degraded_since = None
+        elif self._degraded_since is None:
+            self._degraded_since = now
+        degraded = (self._degraded_since is not None
+                    and now - self._degraded_since >= DEGRADED_AFTER_S)
         wanted = ServiceState.DEGRADED if degraded else ServiceState.ONLINE
         if wanted is not self._announced:
             self._announced = wanted
