@@ -172,6 +172,10 @@ def running_service(config: Path, broker_port: int, log_path: Path, *,
     svc = start_service(config, broker_port, log_path, env=env)
     try:
         yield svc
+    except AssertionError as exc:
+        # CI shows only the end of the output: put the service's own account into the failure.
+        tail = "\n".join(svc.log().splitlines()[-40:])
+        raise AssertionError(f"{exc}\n--- service log (last 40 lines) ---\n{tail}") from exc
     finally:
         svc.stop()
 
