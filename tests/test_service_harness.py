@@ -59,6 +59,8 @@ FALLBACK_ID = "fallback-test"
 #: A deliberately lopsided stored program: the optimiser finds better ones at once.
 FALLBACK_STAGES = ("P1", "P2", "P3", "P4")
 FALLBACK_GREENS = (40, 12, 26, 10)
+#: A counting loop reports a vehicle in every COUNT_EVERY-th reading.
+COUNT_EVERY = 20
 
 
 def service_config(
@@ -245,7 +247,8 @@ class FieldLog:
 class ScriptedField:
     """Detectors and a signal controller on the broker, driven by the test.
 
-    Detectors: one plausible reading per detector and second (``run``), after a burst
+    Detectors: one plausible reading per detector and second (``run``; light, unsaturated
+    demand), after a burst
     that makes every detector healthy at once (ten plausible readings each).
     Signal controller: accepts every plan with a seq above the last one, runs it at
     once and reports it in its state; returns to the fallback when the service status
@@ -281,7 +284,11 @@ class ScriptedField:
             seq = self.seq[det_id]
         queue = 7.0 if info.kind is DetectorKind.QUEUE else None
         pressed = False if info.kind is DetectorKind.PUSH_BUTTON else None
-        count = 1 if info.kind in (DetectorKind.STOP_LINE, DetectorKind.UPSTREAM) else 0
+        # One vehicle every COUNT_EVERY readings: 180 veh/h per lane, about the morning peak
+        # over the junction.  A vehicle every second (3600 veh/h per lane) saturated every
+        # candidate alike, so none beat the stored program by the margin and no plan came.
+        counted = info.kind in (DetectorKind.STOP_LINE, DetectorKind.UPSTREAM)
+        count = 1 if counted and seq % COUNT_EVERY == 0 else 0
         return DetectorReading(det_id, ts=ts, seq=seq, count=count, occupancy=0.1,
                                presence=False, queue_m=queue, pressed=pressed)
 
