@@ -84,6 +84,13 @@ class EstimatorConfig:
     spillback_release_s: float = 150.0
     #: Cycles (green starts) of queue history kept per group (arrival balance, carry-over).
     queue_history_cycles: int = 4
+    #: Split an approach's upstream counts over its groups by their stop-line departures
+    #: (Aufteilung nach Abflussanteilen) instead of by lane: drivers change lanes between
+    #: the upstream loop and the turning pockets, so a loop's lane says little about the
+    #: turn.  Needs stop-line loops on every group the pooled loops serve.
+    pool_upstream_by_departures: bool = True
+    #: Departures (kernel-weighted vehicles) the split needs before it replaces the lanes.
+    pool_min_departures_veh: float = 10.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -381,6 +388,17 @@ class Estimator:
                 det.prior_veh_s = (
                     cfg.saturation_per_lane_veh_h * det.lanes * sum(factors) / len(factors) / 3600
                 )
+
+        # Upstream loops per approach and the groups they serve (departure-share split).
+        self._approach_up: dict[str, tuple[_Det, ...]] = {}
+        self._approach_served: dict[str, tuple[str, ...]] = {}
+        for det in self._dets.values():
+            if det.info.kind is DetectorKind.UPSTREAM and det.info.approach and det.info.groups:
+                a = det.info.approach
+                self._approach_up[a] = (*self._approach_up.get(a, ()), det)
+                served = self._approach_served.get(a, ())
+                self._approach_served[a] = served + tuple(
+                    g for g in det.info.groups if g not in served)
 
         self._faulty: frozenset[str] = frozenset()
         self._t: float | None = None
@@ -692,8 +710,43 @@ class Estimator:
             if gs.spill_until is not None and now > gs.spill_until and gs.hold_release is None:
                 gs.hold_release = gs.spill_until
 
+    def _pooled_flow(self, gs: _Group, now: float) -> float | None:
+        """The group's share of its approach's upstream counts, split by departures.
+
+        ``None`` where the split is not possible (one group only, a group of the pool
+        without a healthy stop-line loop, a faulty or silent upstream loop, too few
+        departures yet): the lane-based split applies then.
+        """
+        ups = self._approach_up.get(gs.approach, ())
+        served = self._approach_served.get(gs.approach, ())
+        if len(served) < 2 or gs.id not in served:
+            return None
+        total = 0.0
+        for d in ups:
+            if d.info.id in self._faulty:
+                return None
+            r = self._rate(d, now)
+            if r is None:
+                return None
+            total += r
+        dep: dict[str, float] = {}
+        for g in served:
+            stops = [d for d in self._members[g][DetectorKind.STOP_LINE]
+                     if d.info.id not in self._faulty]
+            if not stops:
+                return None
+            dep[g] = sum((self._rate(d, now) or 0.0) * d.share for d in stops)
+        dep_total = sum(dep.values())
+        if dep_total * self.config.flow_time_constant_s < self.config.pool_min_departures_veh:
+            return None
+        return total * dep[gs.id] / dep_total
+
     def _loop_flow(self, gs: _Group, now: float) -> tuple[float, bool]:
         """Arrival flow (veh/s) from the counting loops and whether it was measured."""
+        if self.config.pool_upstream_by_departures:
+            pooled = self._pooled_flow(gs, now)
+            if pooled is not None:
+                return pooled, True
         m = self._members[gs.id]
         for kind in (DetectorKind.UPSTREAM, DetectorKind.STOP_LINE):
             dets = m[kind]

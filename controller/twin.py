@@ -801,8 +801,13 @@ class _Worker:
             if lane is None:
                 continue
             options = [rid for g in v.groups for rid in routes_by_group.get(g, [])]
+            lane_routes = cfg.lane_routes.get(v.lane)
+            if lane_routes is not None and not v.moving:
+                # A queue on the lane feeding a turning pocket holds that turn's vehicles
+                # too (waiting for room in a full pocket), whatever group the sensor serves.
+                options += [r for r in lane_routes if r not in options]
             # At the stop line a vehicle can no longer change lanes: only its lane's routes.
-            at_stop = [o for o in options if o in cfg.lane_routes.get(v.lane, options)]
+            at_stop = [o for o in options if o in (lane_routes or options)]
             edge = lane.edge
             options = [o for o in (at_stop or options) if (o, edge) in self.route_ids]
             if not options:

@@ -249,6 +249,10 @@ class AdaptiveDriver:
 # -- the oracle (evaluation only) ----------------------------------------------------------
 
 
+#: Seconds a vehicle that left the approach edges stays known (internal lanes between edges).
+KNOWN_FOR_S = 30.0
+
+
 class TruthPerception:
     """Ground truth in place of detector data: for the ``oracle`` driver only.
 
@@ -269,7 +273,10 @@ class TruthPerception:
         groups = [g.id for g in model.signals.groups]
         self._rate: dict[str, float] = dict.fromkeys(groups, 0.0)
         self._queue: dict[str, float] = dict.fromkeys(groups, 0.0)
-        self._known: set[str] = set()
+        #: Vehicle id -> last second seen on an approach.  Kept for a while after a vehicle
+        #: drops out: between two chained approach edges it is on an internal lane for a
+        #: second or two and must not be counted again as a new arrival.
+        self._known: dict[str, float] = {}
         self._waiting: dict[str, float] = {}
         self._vehicles: tuple[TwinVehicle, ...] = ()
         self._t: float | None = None
@@ -292,7 +299,7 @@ class TruthPerception:
         decay = math.exp(-dt / self.tau)
         arrived = dict.fromkeys(self._rate, 0)
         queue = dict.fromkeys(self._rate, 0.0)
-        present: set[str] = set()
+        present: dict[str, float] = {}
         vehicles: list[TwinVehicle] = []
         tls = self.model.signals.tls_id
         lanes = self.twin.lanes if self.twin is not None else {}
@@ -306,7 +313,7 @@ class TruthPerception:
                         g = self.model.group_of_link(int(nxt[0][1]))
                     except KeyError:
                         continue
-                    present.add(vid)
+                    present[vid] = now
                     if vid not in self._known:
                         arrived[g] += 1
                     speed = sumo.vehicle.getSpeed(vid)
@@ -319,7 +326,8 @@ class TruthPerception:
                             BUS if vclass == "bus" else CAR, lane,
                             sumo.vehicle.getLanePosition(vid), speed >= 0.1, (g,),
                         ))
-        self._known = present
+        self._known = {v: t for v, t in self._known.items() if now - t <= KNOWN_FOR_S}
+        self._known.update(present)
         self._vehicles = tuple(_placeable(vehicles, self.twin)) if self.twin is not None else ()
         for g in self._rate:
             # Same exponential kernel as the estimator, so the two are comparable.

@@ -96,6 +96,54 @@ def _read_net(net_file: Path) -> tuple[dict[str, _NetLane], list[tuple[str, str,
     return lanes, links
 
 
+def _lane_successors(net_file: Path) -> dict[str, list[str]]:
+    """Lane-to-lane connections between normal edges outside the traffic light
+    (where an approach widens into turning pockets)."""
+    try:
+        root = ET.parse(net_file).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise ConfigError(f"cannot read network: {exc}", net_file) from exc
+    out: dict[str, list[str]] = {}
+    for c in root.iter("connection"):
+        a = c.attrib
+        if "tl" in a or a["from"].startswith(":") or a["to"].startswith(":"):
+            continue
+        out.setdefault(f"{a['from']}_{a['fromLane']}", []).append(f"{a['to']}_{a['toLane']}")
+    return out
+
+
+def _upstream_lane_routes(
+    lane_routes: Mapping[str, list[str]], successors: Mapping[str, list[str]]
+) -> dict[str, list[str]]:
+    """Routes a vehicle on a lane upstream of the stop-line lanes can still take.
+
+    A vehicle standing on the lane that feeds a left-turn pocket may be a left
+    turner waiting for room in the pocket: the twin must be able to place it as
+    one, or it sees a full pocket spill back as through traffic.
+    """
+    out: dict[str, list[str]] = {}
+    for lane in successors:
+        if lane in lane_routes:
+            continue
+        found: list[str] = []
+        frontier, seen = [lane], {lane}
+        for _ in range(4):  # a few edges of approach are plenty
+            nxt: list[str] = []
+            for ln in frontier:
+                for succ in successors.get(ln, ()):
+                    if succ in seen:
+                        continue
+                    seen.add(succ)
+                    if succ in lane_routes:
+                        found += [r for r in lane_routes[succ] if r not in found]
+                    else:
+                        nxt.append(succ)
+            frontier = nxt
+        if found:
+            out[lane] = found
+    return out
+
+
 def _lanes(net_file: Path) -> dict[str, TwinLane]:
     return {lid: ln.lane for lid, ln in _read_net(net_file)[0].items()}
 
@@ -315,6 +363,7 @@ def twin_config_from_model(
                 lane_routes[link.from_lane].append(rid)
     if not routes:
         raise ConfigError(f"junction {model.name}: no vehicle movement for the twin")
+    lane_routes.update(_upstream_lane_routes(lane_routes, _lane_successors(model.net_file)))
     group_total: dict[str, float] = {}
     for rid, r in routes.items():
         group_total[r.group] = group_total.get(r.group, 0.0) + weights[rid]
