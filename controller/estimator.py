@@ -729,15 +729,27 @@ class Estimator:
             if r is None:
                 return None
             total += r
+        tau = self.config.flow_time_constant_s
         dep: dict[str, float] = {}
+        counted = 0.0
         for g in served:
             stops = [d for d in self._members[g][DetectorKind.STOP_LINE]
                      if d.info.id not in self._faulty]
             if not stops:
                 return None
-            dep[g] = sum((self._rate(d, now) or 0.0) * d.share for d in stops)
+            rate = 0.0
+            for d in stops:
+                r = self._rate(d, now)
+                # A loop back from a fault (or new) has no history yet: its zero would
+                # hand its group's share to the others.
+                if r is None or now - d.kstart < 0.5 * tau:
+                    return None
+                rate += r * d.share
+                assert d.kts is not None  # a rate exists
+                counted += d.ksum * math.exp(-max(now - d.kts, 0.0) / tau) * d.share
+            dep[g] = rate
         dep_total = sum(dep.values())
-        if dep_total * self.config.flow_time_constant_s < self.config.pool_min_departures_veh:
+        if counted < self.config.pool_min_departures_veh or dep_total <= 0.0:
             return None
         return total * dep[gs.id] / dep_total
 
