@@ -358,6 +358,16 @@ class EvaluationJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Adoption:
+    """What ``AdaptiveCore.adopt`` did with the programs it was given."""
+
+    #: Programs now remembered, in the order given.
+    adopted: tuple[SignalProgram, ...]
+    #: ``(program id, why)`` of every program not remembered.
+    refused: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Advance:
     """What ``AdaptiveCore.advance`` returns: commands to publish now, and a job to score."""
 
@@ -730,7 +740,52 @@ class AdaptiveCore:
                 continue
             del self._programs[oldest]
 
+    def adopt(self, programs: Iterable[SignalProgram]) -> Adoption:
+        """Remember programs a predecessor pushed, so the program the hardware runs is known.
+
+        For a restarted service (``controller.service.app`` keeps the last pushed
+        programs in its state directory): the hardware may still run the plan the
+        previous process pushed.  Once remembered, the next epoch treats it as any
+        running program: scores it, then renews it or replaces it, instead of
+        failing with "unknown to this service" until the lease lapses.
+
+        Give the programs oldest first; when there are more than
+        ``config.remembered_programs`` allows, the newest stay.  Renewals push a
+        remembered program again, so each must pass the checks the safety gate
+        applies to a pushed program (with the configured limits): ``validate``
+        (V1-V6) and the switch back to the fallback (D4).  A program that fails
+        them, that reuses the fallback's id, or whose id is already known (the
+        core's own pushes win) is refused and not remembered.  Call it before the
+        first ``advance``, or on the thread that drives the core.
+        """
+        limits = self.config.limits
+        adopted: list[SignalProgram] = []
+        refused: list[tuple[str, str]] = []
+        for program in programs:
+            if program.id == self.fallback.id:
+                refused.append((program.id, "uses the fallback program's id"))
+                continue
+            if program.id in self._programs:
+                refused.append((program.id, "a program with this id is already known"))
+                continue
+            violations = validate(self.junction, program, limits=limits) + validate_switch(
+                self.junction, program, self.fallback, limits)
+            if violations:
+                more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+                refused.append((program.id, f"fails the safety validator: "
+                                            f"{violations[0].message}{more}"))
+                continue
+            self._remember(program)
+            adopted.append(program)
+        # More than the core remembers: the oldest given were forgotten again.
+        kept = tuple(p for p in adopted if self._programs.get(p.id) is p)
+        return Adoption(kept, tuple(refused))
+
     # -- queries -----------------------------------------------------------------
+    def knows(self, program_id: str) -> bool:
+        """Whether a program with this id is remembered (the fallback, pushed or adopted)."""
+        return program_id in self._programs
+
     @property
     def last_decision(self) -> Decision | None:
         return self.decisions[-1] if self.decisions else None

@@ -28,7 +28,10 @@ not overdue, so a hung loop or a hung core thread both stop the pings.
 
 Start-up (safety.md D5): the core's decisions start, ``READY=1`` is sent and
 ``service/status`` becomes ``online`` only once enough detectors are healthy
-and a fresh hardware state has been seen.  SIGTERM: stop pushing, publish
+and a fresh hardware state has been seen.  Before that, the programs the
+previous process pushed (``PLANS_FILE`` in the state directory) are made known
+to the core again, so a plan the hardware still runs after a restart is scored
+and renewed or replaced rather than unknown.  SIGTERM: stop pushing, publish
 ``stopping`` (the hardware returns to its fallback program at its next switch
 point), flush, exit 0.  Behaviour and configuration: docs/service.md.
 """
@@ -39,6 +42,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import math
 import os
@@ -84,7 +88,14 @@ from controller.service.config import ServiceConfig, load_config
 from controller.service.mqtt import Arrival, MqttTransport
 from controller.service.notify import Notifier
 from controller.transport import advance, complete, dispatch
-from controller.wire import ReadingGate, Rejected, ServiceState, decode_plan
+from controller.wire import (
+    ReadingGate,
+    Rejected,
+    ServiceState,
+    decode_plan,
+    encode_plan,
+    parse_json,
+)
 
 log = logging.getLogger("atsc.service")
 
@@ -103,6 +114,15 @@ STATUS_FLUSH_S: Final = 2.0
 #: Remembered published commands (lease tracking from acks).
 _PUBLISHED_KEPT: Final = 64
 SEQ_FILE: Final = "last_plan_seq"
+#: The programs of the last pushed plans, as plan commands in the wire format
+#: (``save_published``), so a restarted service knows what the hardware still runs.
+PLANS_FILE: Final = "published_plans.jsonl"
+#: Distinct programs kept in ``PLANS_FILE`` (the newest; renewals repeat one program).
+PLANS_KEPT: Final = 4
+#: First line of ``PLANS_FILE``; a file with another header is not ours.
+PLANS_FORMAT: Final = "atsc-published-plans/1"
+#: A larger ``PLANS_FILE`` is not ours (a plan payload is at most a few KiB).
+_PLANS_FILE_MAX_BYTES: Final = 1 << 20
 
 
 def version() -> str:
@@ -283,6 +303,83 @@ def first_seq(state_dir: Path | None, now: float) -> int:
     return seq
 
 
+def _plans_header(junction: str) -> bytes:
+    return json.dumps({"format": PLANS_FORMAT, "junction": junction},
+                      separators=(",", ":")).encode()
+
+
+def save_published(state_dir: Path, junction: str, commands: Sequence[PlanCommand]) -> Path:
+    """Write ``commands`` (oldest first) to ``PLANS_FILE`` atomically; raises ``OSError``.
+
+    One JSON line of header (format, junction), then one line per command: the
+    exact ``encode_plan`` payload.  Written to a temporary file, synced, and
+    renamed over the old one, so a crash leaves the old file or the new one.
+    """
+    path = state_dir / PLANS_FILE
+    data = b"\n".join([_plans_header(junction), *(encode_plan(c) for c in commands)]) + b"\n"
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def _parse_published(data: bytes, junction: str, where: str) -> list[PlanCommand]:
+    """The commands of a ``PLANS_FILE``; ``ValueError`` says why the file is not usable."""
+    if len(data) > _PLANS_FILE_MAX_BYTES:
+        raise ValueError(f"larger than {_PLANS_FILE_MAX_BYTES} bytes")
+    lines = data.splitlines()
+    if not lines:
+        raise ValueError("empty")
+    header = parse_json(lines[0])  # ValueError (UnicodeDecodeError, JSONDecodeError) if not JSON
+    if not isinstance(header, dict) or header.get("format") != PLANS_FORMAT:
+        raise ValueError(f"not a {PLANS_FORMAT} file")
+    if header.get("junction") != junction:
+        raise ValueError(f"written for junction {header.get('junction')!r}, not {junction!r}")
+    commands: list[PlanCommand] = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cmd = decode_plan(line, topic=f"{where}:{n}")
+        if isinstance(cmd, Rejected):
+            raise ValueError(f"line {n}: {cmd.reason}: {cmd.detail}")
+        commands.append(cmd)
+    # The newest command of each program, oldest program first, at most PLANS_KEPT.
+    newest = {c.program.id: c for c in commands}
+    ordered = [c for c in commands if newest[c.program.id] is c]
+    return ordered[-PLANS_KEPT:]
+
+
+def load_published(state_dir: Path | None, junction: str) -> list[PlanCommand]:
+    """The commands ``save_published`` kept for ``junction`` (oldest first); never raises.
+
+    No state directory or no file (a first start): ``[]``.  An unreadable,
+    corrupt or foreign file (another format or junction, a plan the wire
+    contract rejects): ``[]`` and one warning.  The programs are not checked
+    here against the safety rules: ``AdaptiveCore.adopt`` does that.
+    """
+    if state_dir is None:
+        return []
+    path = state_dir / PLANS_FILE
+    try:
+        with path.open("rb") as f:
+            data = f.read(_PLANS_FILE_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("ignoring %s: cannot read it (%s); programs pushed before the restart "
+                    "stay unknown", path, exc.strerror or exc)
+        return []
+    try:
+        return _parse_published(data, junction, str(path))
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        log.warning("ignoring %s: %s; programs pushed before the restart stay unknown",
+                    path, exc)
+        return []
+
+
 # -- one step of the core (runs on the core thread) -------------------------------------------
 
 
@@ -372,6 +469,11 @@ class Service:
         self._announced: ServiceState | None = None
         self._degraded_since: float | None = None
         self._http: Any = None
+        #: The last PLANS_KEPT distinct programs pushed (their newest command), oldest first,
+        #: and the program ids PLANS_FILE holds now.
+        self._recent: list[PlanCommand] = []
+        self._recent_saved: tuple[str, ...] = ()
+        self._restore_programs()
 
     # -- wiring callbacks ----------------------------------------------------------------
     def _on_published(self, cmd: PlanCommand) -> None:
@@ -384,6 +486,49 @@ class Service:
                 tmp.replace(path)
             except OSError as exc:
                 log.warning("cannot persist the plan seq in %s: %s", path, exc)
+
+    def _restore_programs(self) -> None:
+        """Make the programs a predecessor pushed known again (core and bookkeeping).
+
+        After a restart the hardware may still run the last plan the previous
+        process pushed; knowing it, the first epoch scores it and renews or
+        replaces it.  Only programs the core adopts (they pass the safety
+        validator) are used.  Runs in ``__init__``, before the core thread exists.
+        """
+        commands = load_published(self.state_dir, self.cfg.junction.name)
+        if not commands or self.state_dir is None:
+            return
+        self._recent_saved = tuple(c.program.id for c in commands)
+        adoption = self.core.adopt(c.program for c in commands)
+        for program_id, why in adoption.refused:
+            log.warning("program %r from %s not adopted: %s", program_id,
+                        self.state_dir / PLANS_FILE, why)
+        adopted = {p.id for p in adoption.adopted}
+        self._recent = [c for c in commands if c.program.id in adopted]
+        for program in adoption.adopted:
+            self._programs[program.id] = program
+        if adoption.adopted:
+            log.info("known again from before the restart: program(s) %s",
+                     ", ".join(p.id for p in adoption.adopted))
+
+    def _persist_program(self, cmd: PlanCommand) -> None:
+        """Keep ``cmd``'s program in ``PLANS_FILE`` before the command can reach the hardware.
+
+        Written only when the kept programs change (a new program, not a renewal
+        of the newest), so the state directory sees one write per new plan.
+        """
+        recent = [c for c in self._recent if c.program.id != cmd.program.id] + [cmd]
+        self._recent = recent[-PLANS_KEPT:]
+        ids = tuple(c.program.id for c in self._recent)
+        if self.state_dir is None or ids == self._recent_saved:
+            return
+        try:
+            save_published(self.state_dir, self.cfg.junction.name, self._recent)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot persist the pushed programs in %s: %s",
+                        self.state_dir / PLANS_FILE, exc)
+            return
+        self._recent_saved = ids
 
     def _published_cmd(self, cmd: PlanCommand) -> None:
         self._published[cmd.seq] = cmd
@@ -613,6 +758,8 @@ class Service:
                 log.info("shadow mode: plan seq=%d program=%s not pushed", cmd.seq,
                          cmd.program.id)
                 continue
+            # On disk before it can reach the hardware: a restart then knows what runs.
+            self._persist_program(cmd)
             self.transport.publish(cmd)
 
     # -- ingest and decisions (event loop) -----------------------------------------------------
