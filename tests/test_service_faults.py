@@ -23,6 +23,7 @@ from test_service_harness import (
     running_service,
     scrape,
     service_config,
+    service_online,
     spy_messages,
     value,
 )
@@ -39,16 +40,6 @@ STATUS = topic_for(JUNCTION, TopicKind.SERVICE_STATUS)
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     with running_broker(tmp_path / "broker") as b:
         yield b
-
-
-async def _online(svc: ServiceProcess, fld: ScriptedField) -> None:
-    port = svc.metrics_port
-    await async_wait_for(lambda: metrics_up(port), 30, "the metrics endpoint")
-    await async_wait_for(lambda: value(scrape(port), "atsc_mqtt_connected") == 1, 20,
-                         "broker connection")
-    await fld.connected(1)
-    await fld.burst()
-    await async_wait_for(lambda: fld.service_online, 20, "service status online")
 
 
 async def retained_status(broker: MosquittoBroker) -> str:
@@ -75,7 +66,7 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
             await asyncio.wait_for(spy_ready.wait(), 10)
             fld = ScriptedField(broker)
             async with field_running(fld):
-                await _online(svc, fld)
+                await service_online(svc, fld)
                 await async_wait_for(lambda: len(plans) >= 3, 90, "plans before the kill")
                 before = scrape(port)
                 assert value(before, "atsc_mqtt_reconnects_total") == 0
@@ -137,7 +128,7 @@ def test_sigterm_publishes_stopping_and_exits_0_within_5_s_then_sigkill_leaves_o
             await asyncio.wait_for(ready.wait(), 10)
             fld = ScriptedField(broker)
             async with field_running(fld):
-                await _online(svc, fld)
+                await service_online(svc, fld)
                 await async_wait_for(lambda: fld.program is not fld.fallback, 20,
                                      "an adaptive plan running at the junction")
                 started = time.monotonic()

@@ -391,6 +391,18 @@ class ScriptedField:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
 
+async def service_online(svc: ServiceProcess, fld: ScriptedField) -> None:
+    """Wait for the service's metrics and broker connection, make the field's detectors
+    healthy, and wait until the service says it is online."""
+    port = svc.metrics_port
+    await async_wait_for(lambda: metrics_up(port), 30, "the metrics endpoint")
+    await async_wait_for(lambda: value(scrape(port), "atsc_mqtt_connected") == 1, 20,
+                         "broker connection")
+    await fld.connected(1)
+    await fld.burst()
+    await async_wait_for(lambda: fld.service_online, 20, "service status online")
+
+
 @contextlib.asynccontextmanager
 async def field_running(fld: ScriptedField) -> Any:
     stop = asyncio.Event()

@@ -28,7 +28,6 @@ from test_service_harness import (
     FALLBACK_STAGES,
     JUNCTION,
     ScriptedField,
-    ServiceProcess,
     async_wait_for,
     fallback_program,
     field_running,
@@ -37,6 +36,7 @@ from test_service_harness import (
     running_service,
     scrape,
     service_config,
+    service_online,
     value,
 )
 
@@ -312,22 +312,12 @@ class LeaseHoldingField(ScriptedField):
         await super()._on_message(topic, payload)
 
 
-async def _online(svc: ServiceProcess, fld: ScriptedField) -> None:
-    port = svc.metrics_port
-    await async_wait_for(lambda: metrics_up(port), 30, "the metrics endpoint")
-    await async_wait_for(lambda: value(scrape(port), "atsc_mqtt_connected") == 1, 20,
-                         "broker connection")
-    await fld.connected(1)
-    await fld.burst()
-    await async_wait_for(lambda: fld.service_online, 20, "service status online")
-
-
 async def _push_then_kill(cfg: Path, broker: MosquittoBroker, fld: LeaseHoldingField,
                           state: Path, log_path: Path) -> str:
     """A service (state in ``state``) until the field runs its plan; SIGKILL; that program."""
     env = {"STATE_DIRECTORY": str(state)}
     with running_service(cfg, broker.port, log_path, env=env) as svc:
-        await _online(svc, fld)
+        await service_online(svc, fld)
         await async_wait_for(lambda: fld.program is not fld.fallback, 30,
                              "an adaptive plan running at the field")
         svc.signal(signal.SIGKILL)
@@ -360,7 +350,7 @@ def test_restarted_service_renews_or_replaces_the_program_its_predecessor_pushed
             since_kill = len(fld.ran)
             with running_service(cfg, broker.port, tmp_path / "second.log",
                                  env={"STATE_DIRECTORY": str(state)}) as svc:
-                await _online(svc, fld)
+                await service_online(svc, fld)
                 await async_wait_for(lambda: len(fld.log.plans) > n_plans, 30,
                                      "a plan from the restarted service")
                 assert time.time() < lease_end, "the plan came after the lease lapsed"
@@ -402,7 +392,7 @@ def test_control_without_the_state_file_the_running_program_is_unknown_and_never
             n_plans = len(fld.log.plans)
             with running_service(cfg, broker.port, tmp_path / "second.log",
                                  env={"STATE_DIRECTORY": str(empty)}) as svc:
-                await _online(svc, fld)
+                await service_online(svc, fld)
                 await async_wait_for(lambda: UNKNOWN in svc.log(), 10,
                                      "the unknown program in the log")
                 # The restarted service above had its plan out about a second after it
