@@ -152,6 +152,10 @@ class MaxPressure:
         nxt = self._next_with_demand(stage_p, starving)
         if nxt is None or nxt == st.stage:
             return None
+        order = self._order()
+        if order and nxt != order[0] and self._would_starve(nxt, extra_s=0):
+            # Skipping the stages in between would hold one of them red too long.
+            nxt = order[0]
         # The stage's green runs on through any early pedestrian end before the transition.
         if st.stage_elapsed_s + st.closing_lead(nxt) >= self._max_green[st.stage]:
             return nxt
@@ -172,28 +176,58 @@ class MaxPressure:
     def _starving(self, pressure: Mapping[str, float]) -> str | None:
         """The stage that must come next so that no group exceeds its maximum red.
 
-        For every other stage: how long until its groups could turn green if we went
-        there now (the running stage's remaining minimum green, an early pedestrian end,
-        the transition) plus a buffer; a group whose red would then pass its maximum red
-        (safety.md V5) makes its stage urgent.  Every group counts, with or without
-        detected demand: a missed detection must not hold a group red too long.
+        ``None`` while going on to the next stage in the cyclic order later is still
+        safe (``_would_starve``); otherwise that next stage, now.  Every group
+        counts, with or without detected demand: a missed detection must not hold a
+        group red too long.
         """
         del pressure
+        order = self._order()
+        if not order:
+            return None
+        return order[0] if self._would_starve(order[0], extra_s=0) else None
+
+    def _order(self) -> list[str]:
+        """The other stages in cyclic order after the running one."""
+        cur = self.stepper.stage
+        if cur not in self.stages:
+            return []
+        k = self.stages.index(cur)
+        return [self.stages[(k + i) % len(self.stages)] for i in range(1, len(self.stages))]
+
+    def _would_starve(self, first: str, extra_s: int) -> bool:
+        """Whether going to ``first`` (skipping the stages before it) could pass a maximum red.
+
+        Walks the cyclic order from ``first`` once round, as if every stage from
+        then on were served at its minimum green (the running stage's remaining
+        minimum green, an early pedestrian end, each transition; ``extra_s`` more
+        before the switch): a group whose red would pass its maximum red (safety.md
+        V5) less ``starvation_margin_s`` by the time its stage comes is at risk.
+        Checking only the next stage missed two cases: several stages urgent
+        together (the worst served first, the ones behind it waiting too long) and
+        a jump back that skipped stages without demand, which then waited a whole
+        round more.
+        """
         st = self.stepper
+        j = self.junction
         cur = st.stage
-        remaining = max(0, self._stage_min[cur] - st.stage_elapsed_s)
-        worst: tuple[int, str] | None = None
-        for stage in self.stages:
-            if stage == cur:
-                continue
-            need = (remaining + st.closing_lead(stage) + self._transition_s[(cur, stage)]
-                    + self.config.starvation_margin_s)
-            for gid in self.junction.stage(stage).groups - self.junction.stage(cur).groups:
-                red = st.red_time_s(gid)
-                slack = self.junction.group(gid).max_red_s - red - need
-                if slack <= 0 and (worst is None or slack < worst[0]):
-                    worst = (slack, stage)
-        return None if worst is None else worst[1]
+        k = self.stages.index(first)
+        walk = [self.stages[(k + i) % len(self.stages)] for i in range(len(self.stages))]
+        t = extra_s + max(0, self._stage_min[cur] - st.stage_elapsed_s) + st.closing_lead(first)
+        ends_at = t  # the running stage's groups turn red about now
+        prev = cur
+        seen: set[str] = set()
+        for stage in walk:
+            if stage != prev:
+                t += self._transition_s[(prev, stage)]
+            for gid in j.stage(stage).groups - seen:
+                red = st.red_time_s(gid) if gid not in j.stage(cur).groups else -ends_at
+                if j.group(gid).max_red_s - red - t <= self.config.starvation_margin_s:
+                    return True
+            seen |= j.stage(stage).groups
+            t += self._stage_min[stage]
+            prev = stage
+        return False
 
     def step(self) -> dict[str, str]:
         """One second of signal states."""

@@ -1,0 +1,50 @@
+"""Max-pressure never holds a signal group red past its maximum red (safety.md V5).
+
+Lopsided demand makes the controller want to return to one stage again and again;
+the stages in between have no detected demand at all.  A group must still get its
+green before its maximum red, whatever the pressure says (no SUMO needed: the
+controller's own second-by-second signal states are checked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.max_pressure import MaxPressure
+from controller.messages import DetectorKind, DetectorReading
+from sim.junction import load_junction
+
+JUNCTION = Path(__file__).resolve().parent.parent / "scenarios" / "schlosskreuzung"
+
+
+def longest_reds(
+    busy: set[str], seconds: int = 1500
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    m = load_junction(JUNCTION)
+    mp = MaxPressure(m.signals, m.detectors)
+    queues = [d for d in m.detectors if d.kind is DetectorKind.QUEUE]
+    red_since = {g: 0 for g in m.signals.group_ids}
+    longest = dict.fromkeys(m.signals.group_ids, 0)
+    green = dict.fromkeys(m.signals.group_ids, 0)
+    for t in range(seconds):
+        for seq, d in enumerate(queues):
+            q = 60.0 if set(d.groups) & busy else 0.0
+            mp.observe(DetectorReading(d.id, float(t), t * 100 + seq, 0, 0.0, queue_m=q))
+        states = mp.step()
+        for g, s in states.items():
+            if s in "gG":
+                red_since[g] = t + 1
+                green[g] += 1
+            else:
+                longest[g] = max(longest[g], t + 1 - red_since[g])
+    return longest, {g.id: g.max_red_s for g in m.signals.groups}, green
+
+
+@pytest.mark.parametrize("busy", [{"K1", "K3"}, {"K2", "K4"}, {"K1", "K3", "K2", "K4"}, set()])
+def test_every_group_is_served_within_its_maximum_red(busy: set[str]) -> None:
+    longest, max_red, green = longest_reds(busy)
+    assert all(green[g] > 0 for g in longest)  # every group was served at all
+    over = {g: (longest[g], max_red[g]) for g in longest if longest[g] > max_red[g]}
+    assert not over, f"red longer than the maximum red (longest, allowed): {over}"
