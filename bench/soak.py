@@ -384,11 +384,18 @@ class Soak:
         assert self.config is not None
         n = len(self.instances) + 1
         log = self.out / f"service-{n}.log"
+        # The state directory systemd would give it (StateDirectory=): a restarted instance
+        # finds the plan seq and the programs its predecessor pushed there.
+        state = self.out / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env["STATE_DIRECTORY"] = str(state)
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 [str(ATSC), "serve", "--config", str(self.config), "--broker",
                  f"127.0.0.1:{self.broker.port}", "--metrics-port", str(self.metrics_port)],
-                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env)
         inst = Instance(n, proc, log, time.time())
         self.instances.append(inst)
         self.note("service started", instance=n, pid=proc.pid)
