@@ -145,7 +145,7 @@ class MaxPressure:
         stage_p = {
             s: sum(pressure[g] for g in self.junction.stage(s).groups) for s in self.stages
         }
-        starving = self._starving(pressure)
+        starving = self._starving()
         if starving is not None and starving != st.stage:
             # Safety net for skipped stages: a group near its maximum red goes next.
             return starving
@@ -153,7 +153,7 @@ class MaxPressure:
         if nxt is None or nxt == st.stage:
             return None
         order = self._order()
-        if order and nxt != order[0] and self._would_starve(nxt, extra_s=0):
+        if order and nxt != order[0] and self._would_starve(nxt):
             # Skipping the stages in between would hold one of them red too long.
             nxt = order[0]
         # The stage's green runs on through any early pedestrian end before the transition.
@@ -173,7 +173,7 @@ class MaxPressure:
                 return stage
         return None
 
-    def _starving(self, pressure: Mapping[str, float]) -> str | None:
+    def _starving(self) -> str | None:
         """The stage that must come next so that no group exceeds its maximum red.
 
         ``None`` while going on to the next stage in the cyclic order later is still
@@ -181,11 +181,10 @@ class MaxPressure:
         counts, with or without detected demand: a missed detection must not hold a
         group red too long.
         """
-        del pressure
         order = self._order()
         if not order:
             return None
-        return order[0] if self._would_starve(order[0], extra_s=0) else None
+        return order[0] if self._would_starve(order[0]) else None
 
     def _order(self) -> list[str]:
         """The other stages in cyclic order after the running one."""
@@ -195,14 +194,14 @@ class MaxPressure:
         k = self.stages.index(cur)
         return [self.stages[(k + i) % len(self.stages)] for i in range(1, len(self.stages))]
 
-    def _would_starve(self, first: str, extra_s: int) -> bool:
+    def _would_starve(self, first: str) -> bool:
         """Whether going to ``first`` (skipping the stages before it) could pass a maximum red.
 
         Walks the cyclic order from ``first`` once round, as if every stage from
         then on were served at its minimum green (the running stage's remaining
-        minimum green, an early pedestrian end, each transition; ``extra_s`` more
-        before the switch): a group whose red would pass its maximum red (safety.md
-        V5) less ``starvation_margin_s`` by the time its stage comes is at risk.
+        minimum green, an early pedestrian end, each transition): a group whose red
+        would pass its maximum red (safety.md V5) less ``starvation_margin_s`` by the
+        time its stage comes is at risk.
         Checking only the next stage missed two cases: several stages urgent
         together (the worst served first, the ones behind it waiting too long) and
         a jump back that skipped stages without demand, which then waited a whole
@@ -213,7 +212,7 @@ class MaxPressure:
         cur = st.stage
         k = self.stages.index(first)
         walk = [self.stages[(k + i) % len(self.stages)] for i in range(len(self.stages))]
-        t = extra_s + max(0, self._stage_min[cur] - st.stage_elapsed_s) + st.closing_lead(first)
+        t = max(0, self._stage_min[cur] - st.stage_elapsed_s) + st.closing_lead(first)
         ends_at = t  # the running stage's groups turn red about now
         prev = cur
         seen: set[str] = set()

@@ -92,19 +92,27 @@ def test_silenced_detectors_publish_nothing_in_their_window() -> None:
 # -- the smoke soak ----------------------------------------------------------------------------
 
 
+def run_soak(
+    tmp_path: Path, *, sim_s: int, speed: int, faults: str, timeout: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Run bench/soak.py with the analytic evaluator; its report, figures and fault rows."""
+    out = tmp_path / "soak"
+    cmd = [sys.executable, str(REPO / "bench" / "soak.py"), "--sim-s", str(sim_s),
+           "--speed", str(speed), "--faults", faults, "--evaluator", "analytic",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report: dict[str, Any] = json.loads((out / "soak.json").read_text())
+    return report, report["figures"], {r["fault"]: r for r in report["fault_table"]}
+
+
 @pytest.mark.mosquitto
 @pytest.mark.sumo
 @pytest.mark.slow
 def test_soak_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "soak"
-    cmd = [sys.executable, str(REPO / "bench" / "soak.py"), "--sim-s", "240", "--speed", "8",
-           "--faults", "broker1,garbage", "--evaluator", "analytic", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150,
-                          check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report: dict[str, Any] = json.loads((out / "soak.json").read_text())
-    fig = report["figures"]
-    rows = {r["fault"]: r for r in report["fault_table"]}
+    report, fig, rows = run_soak(tmp_path, sim_s=240, speed=8, faults="broker1,garbage",
+                                 timeout=150)
 
     assert fig["unsafe_states"] == 0 and fig["field_exit_code"] == 0
     assert fig["service_crashes_from_input"] == 0
@@ -132,15 +140,8 @@ def test_detector_outage_and_service_crash_hand_the_junction_to_its_fallback(
 ) -> None:
     """D2: silent detectors stop adaptation (no plan while they are faulty; the lease lapses);
     D3: a SIGKILLed service leaves the field on its own program within the lease."""
-    out = tmp_path / "soak"
-    cmd = [sys.executable, str(REPO / "bench" / "soak.py"), "--sim-s", "600", "--speed", "4",
-           "--faults", "outage,crash", "--evaluator", "analytic", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420,
-                          check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report: dict[str, Any] = json.loads((out / "soak.json").read_text())
-    fig = report["figures"]
-    rows = {r["fault"]: r for r in report["fault_table"]}
+    report, fig, rows = run_soak(tmp_path, sim_s=600, speed=4, faults="outage,crash",
+                                 timeout=420)
     assert fig["unsafe_states"] == 0 and fig["field_exit_code"] == 0
     assert fig["service_crashes_from_input"] == 0
 
