@@ -26,6 +26,7 @@ from controller.twin import (
     TwinConfig,
     TwinLane,
     TwinLoop,
+    TwinPocketSpill,
     TwinQueueSensor,
     TwinRoute,
     TwinYield,
@@ -110,6 +111,37 @@ def _lane_successors(net_file: Path) -> dict[str, list[str]]:
             continue
         out.setdefault(f"{a['from']}_{a['fromLane']}", []).append(f"{a['to']}_{a['toLane']}")
     return out
+
+
+def _pocket_spills(
+    queues: Mapping[str, TwinQueueSensor],
+    successors: Mapping[str, list[str]],
+    lanes: Mapping[str, TwinLane],
+) -> tuple[TwinPocketSpill, ...]:
+    """Pockets whose feeding lane a queue sensor covers, with a parallel reference sensor.
+
+    A pocket sensor covers one lane; its feeder is the sensor whose upstream lane
+    continues into that pocket; the reference is another sensor of the feeder's
+    groups (the through lane beside it).  Approaches without a parallel lane (one
+    lane before the pocket) have no reference and get no spill rule.
+    """
+    out: list[TwinPocketSpill] = []
+    for pid, pocket in queues.items():
+        if len(pocket.lanes) != 1:
+            continue
+        lane = pocket.lanes[0]
+        for fid, feeder in queues.items():
+            if fid == pid or len(feeder.lanes) < 2 or lane not in successors.get(
+                feeder.lanes[0], ()
+            ):
+                continue
+            refs = sorted(
+                rid for rid, r in queues.items()
+                if rid not in (pid, fid) and set(r.groups) == set(feeder.groups)
+            )
+            if refs:
+                out.append(TwinPocketSpill(pid, fid, refs[0], lanes[lane].length_m))
+    return tuple(out)
 
 
 def _upstream_lane_routes(
@@ -363,7 +395,8 @@ def twin_config_from_model(
                 lane_routes[link.from_lane].append(rid)
     if not routes:
         raise ConfigError(f"junction {model.name}: no vehicle movement for the twin")
-    lane_routes.update(_upstream_lane_routes(lane_routes, _lane_successors(model.net_file)))
+    successors = _lane_successors(model.net_file)
+    lane_routes.update(_upstream_lane_routes(lane_routes, successors))
     group_total: dict[str, float] = {}
     for rid, r in routes.items():
         group_total[r.group] = group_total.get(r.group, 0.0) + weights[rid]
@@ -391,6 +424,7 @@ def twin_config_from_model(
         elif d.kind is DetectorKind.PUSH_BUTTON:
             buttons[d.id] = tuple(d.groups)
 
+    spills = _pocket_spills(queues, successors, lanes)
     net_file = str(model.net_file)
     link_map: tuple[int, ...] = ()
     if vehicle_net:
@@ -453,4 +487,5 @@ def twin_config_from_model(
         exit_m=0.0 if detailed else EXIT_M,
         share_prefix=not detailed,
         yields=yields_from_model(model) if pedestrian_yield else (),
+        pocket_spills=spills,
     )
