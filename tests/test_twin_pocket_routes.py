@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _twin_helpers import twin_worker
 
 from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.twin import CAR, TwinConfig, TwinSnapshot, TwinVehicle, _Worker
@@ -88,13 +89,8 @@ def test_upstream_lane_routes_follow_chains_of_lanes() -> None:
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    import libsumo
-
-    w = _Worker(CFG, str(tmp_path_factory.mktemp("twin-pocket")))
-    try:
+    with twin_worker(CFG, str(tmp_path_factory.mktemp("twin-pocket"))) as w:
         yield w
-    finally:
-        libsumo.close()
 
 
 def snapshot(vehicles: list[TwinVehicle]) -> TwinSnapshot:

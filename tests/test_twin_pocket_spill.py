@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _twin_helpers import twin_worker
 
 from controller.messages import DetectorReading
 from controller.plans import SignalProgram, StagePlan, compile_plan
@@ -96,13 +97,8 @@ def test_snapshot_places_the_overflow_from_the_pocket_entry_as_its_turners() -> 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    import libsumo
-
-    w = _Worker(CFG, str(tmp_path_factory.mktemp("twin-spill")))
-    try:
+    with twin_worker(CFG, str(tmp_path_factory.mktemp("twin-spill"))) as w:
         yield w
-    finally:
-        libsumo.close()
 
 
 @pytest.mark.sumo
