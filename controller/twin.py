@@ -907,6 +907,9 @@ class _Worker:
             # At the stop line a vehicle can no longer change lanes: only its lane's routes.
             at_stop = [o for o in options if o in (lane_routes or options)]
             edge = lane.edge
+            # None of its routes continues from this lane (a turner still to change lanes,
+            # as ground truth places it): SUMO refuses that lane, so it picks one.
+            depart_lane = str(lane.index) if at_stop or lane_routes is None else "best"
             options = [o for o in (at_stop or options) if (o, edge) in self.route_ids]
             if not options:
                 continue
@@ -914,7 +917,7 @@ class _Worker:
             bus = v.kind == BUS
             out.append(_Departure(
                 f"{'b' if bus else 'c'}{len(out)}", self.route_ids[(rid, edge)],
-                "twin_bus" if bus else "twin_car", 0.0, "0", str(lane.index),
+                "twin_bus" if bus else "twin_car", 0.0, "0", depart_lane,
                 f"{v.pos_m:.2f}", "max" if v.moving else "0", BUS if bus else CAR,
             ))
         h = cfg.horizon_s
@@ -1150,7 +1153,16 @@ def _score_task(snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
         )
     if _WORKER is None:
         raise RuntimeError("twin worker not initialised")
-    return _WORKER.score(snapshot, program)
+    try:
+        return _WORKER.score(snapshot, program)
+    except Exception as exc:
+        # libsumo's exceptions carry SWIG objects that cannot be pickled back to the
+        # caller, which would then see only "cannot pickle 'SwigPyObject'".
+        raise TwinError(f"{type(exc).__name__}: {exc}") from None
+
+
+class TwinError(RuntimeError):
+    """A twin evaluation failed inside the worker (the message names the cause)."""
 
 
 # --------------------------------------------------------------------------- service side

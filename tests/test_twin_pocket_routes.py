@@ -19,7 +19,7 @@ import pytest
 from _twin_helpers import twin_worker
 
 from controller.plans import SignalProgram, StagePlan, compile_plan
-from controller.twin import CAR, TwinConfig, TwinSnapshot, TwinVehicle, _Worker
+from controller.twin import CAR, SumoTwin, TwinConfig, TwinError, TwinSnapshot, TwinVehicle, _Worker
 from sim.junction import JunctionModel, load_junction
 from sim.twin_config import _lane_successors, _upstream_lane_routes, twin_config_from_model
 
@@ -145,3 +145,29 @@ def test_at_the_stop_line_a_vehicle_keeps_its_lanes_routes(worker: _Worker) -> N
     assert drawn(worker, queue("N_app_3", ("K1", "K2"))) == Counter({"NS": N})
     # The left pocket itself: left turners only.
     assert drawn(worker, queue("N_app_4", ("K2",))) == Counter({"NE": N})
+
+
+@pytest.mark.sumo
+def test_a_turner_on_a_lane_its_route_cannot_leave_from_still_builds(worker: _Worker) -> None:
+    # Ground truth (the oracle) places a left turner on the outer lane before it has changed
+    # into the pocket's lane. SUMO refuses that lane for route NE ("Invalid departLane"), and
+    # the whole evaluation failed; now SUMO picks the lane.
+    vehicles = [TwinVehicle(CAR, "N_in_2", 150.0, True, ("K2",)),
+                TwinVehicle(CAR, "N_in_2", 120.0, True, ("K2",))]
+    deps = worker.departures(snapshot(vehicles))
+    assert [(d.route, d.lane) for d in deps] == [("NE@N_in", "best"), ("NE@N_in", "best")]
+    # Vehicles whose route leaves from their lane keep it.
+    own = worker.departures(snapshot(queue("N_in_3", ("K2",))))
+    assert {d.lane for d in own} == {str(CFG.lanes["N_in_3"].index)}
+    worker.build(snapshot(vehicles))  # raised libsumo's TraCIException before
+    assert worker.prefix.departed == 2
+
+
+@pytest.mark.sumo
+def test_a_failing_worker_names_the_cause() -> None:
+    # libsumo's exceptions cannot be pickled back from a worker process: the caller saw only
+    # "cannot pickle 'SwigPyObject'". The worker now passes any failure on as a TwinError
+    # that names the original exception (here a program without a cycle).
+    broken = SignalProgram("broken", 0, 0, dict(RUNNING.greens))
+    with SumoTwin(CFG, workers=1) as twin, pytest.raises(TwinError, match="ZeroDivisionError"):
+        twin.evaluate(snapshot(queue("N_in_3", ("K1",))), [broken])
