@@ -56,8 +56,15 @@ class HealthConfig:
     stale_factor: float = 2.0
     #: Silence (zero counts, zero occupancy) longer than this may mean DEAD ...
     dead_after_s: float = 600.0
-    #: ... if the other detectors of the same approach counted at least this many vehicles.
+    #: ... if the other detectors of the same approach counted at least this many vehicles
     dead_neighbour_min_veh: float = 20.0
+    #: ... and this detector, at its own share of the approach's traffic, should have been
+    #: active at least this often meanwhile (Poisson: silence by chance below 0.7 %).  A
+    #: left-turn pocket with 10 veh/h at night is quiet for ten minutes one time in five.
+    dead_expected_min: float = 5.0
+    #: Weight (vehicles) of the even share 1 / (loops and sensors of the approach) in the
+    #: share estimate: a detector dead from the start still gets flagged.
+    dead_share_prior_veh: float = 50.0
     #: Silence limit for a detector with no neighbour to compare with; None = never
     #: (a quiet night is plausible, so silence alone proves nothing).
     dead_without_neighbours_s: float | None = None
@@ -90,6 +97,8 @@ class HealthConfig:
             raise ValueError("max_total_faulty_share must be within 0..1")
         if self.chatter_window_s <= 0 or self.stuck_on_after_s <= 0 or self.dead_after_s <= 0:
             raise ValueError("health time limits must be positive")
+        if self.dead_expected_min < 0 or self.dead_share_prior_veh <= 0:
+            raise ValueError("dead_expected_min must be >= 0 and dead_share_prior_veh > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,7 @@ class _Record:
 
     __slots__ = (
         "activity_snapshot",
+        "approach_at_start",
         "fault",
         "impossible_in_window",
         "info",
@@ -120,10 +130,12 @@ class _Record:
         "last_activity_ts",
         "last_seq",
         "last_ts",
+        "onsets",
         "plausible_run",
         "run_count",
         "run_start_ts",
         "stuck_since",
+        "was_active",
         "window",
         "window_sum",
     )
@@ -138,6 +150,11 @@ class _Record:
         self.last_activity_ts: float | None = None
         # Approach vehicle total when this detector was last active (DEAD check).
         self.activity_snapshot = 0.0
+        # Its share of the approach's traffic (DEAD check): activity onsets against the
+        # approach's vehicles since its first reading.
+        self.approach_at_start: float | None = None
+        self.onsets = 0
+        self.was_active = False
         self.stuck_since: float | None = None
         self.window: deque[tuple[float, int, bool]] = deque()
         self.window_sum = 0
@@ -218,6 +235,12 @@ class HealthMonitor:
         active = reading.count > 0 or reading.occupancy > 0.0 or reading.presence
         if info.kind is DetectorKind.QUEUE:
             active = active or bool(reading.queue_m)
+        if info.kind in _ACTIVITY_KINDS:
+            if rec.approach_at_start is None:
+                rec.approach_at_start = self._approach_total.get(info.approach, 0.0)
+            now_active = active and not impossible
+            rec.onsets += now_active and not rec.was_active
+            rec.was_active = now_active
         if info.kind in _ACTIVITY_KINDS and (
             (active and not impossible) or rec.last_activity_ts is None
         ):
@@ -311,8 +334,14 @@ class HealthMonitor:
             quiet = now - rec.last_activity_ts
             neighbours = self._approach_members.get(info.approach, 0) - 1
             if neighbours > 0 and quiet > cfg.dead_after_s:
-                others = self._approach_total.get(info.approach, 0.0) - rec.activity_snapshot
-                if others >= cfg.dead_neighbour_min_veh:
+                total = self._approach_total.get(info.approach, 0.0)
+                others = total - rec.activity_snapshot
+                span = total - (rec.approach_at_start or 0.0)
+                prior = cfg.dead_share_prior_veh
+                share = (rec.onsets + prior / (neighbours + 1)) / (span + prior)
+                if others >= cfg.dead_neighbour_min_veh and (
+                    share * others >= cfg.dead_expected_min
+                ):
                     events += self._settle(
                         rec, now, Fault.DEAD,
                         f"silent {quiet:.0f} s while neighbours counted {others:.0f}", False,

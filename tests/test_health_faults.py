@@ -198,3 +198,36 @@ def test_health_config_rejects_nonsense() -> None:
         HealthConfig(stale_factor=0.5)
     with pytest.raises(ValueError, match="recovery"):
         HealthConfig(recovery_readings=0)
+
+
+def _hour(feed: Feed, t: float, seconds: int, rates: dict[str, int]) -> float:
+    """Each detector counts one vehicle every ``rates[det]`` seconds (0: silent)."""
+    for k in range(seconds):
+        for det, every in rates.items():
+            c = 1 if every and k % every == every - 1 else 0
+            feed.send(det, t + k, c, 0.3 * c)
+    return t + seconds
+
+
+def test_health_a_rarely_used_pocket_loop_is_not_dead_for_a_quiet_spell() -> None:
+    # Night on approach N: two through loops count 60 veh/h each, the left-turn pocket's
+    # loop 6 veh/h. Ten, even twenty minutes without a left turner happen by chance
+    # (Poisson 6/h: one time in seven for twenty minutes); the neighbours meanwhile count
+    # 40. Before the share rule this pocket loop was DEAD after 600 s.
+    feed = healthy_monitor(loop("thru1"), loop("thru2"), loop("left"))
+    t = _hour(feed, 20.0, 3600, {"thru1": 60, "thru2": 60, "left": 600})
+    t = _hour(feed, t, 1200, {"thru1": 60, "thru2": 60, "left": 0})
+    assert feed.monitor.status("left") is None
+    # A detector that usually sees a third of the traffic is dead after the same silence.
+    busy = healthy_monitor(loop("thru1"), loop("thru2"), loop("left"))
+    t = _hour(busy, 20.0, 3600, {"thru1": 60, "thru2": 60, "left": 60})
+    t = _hour(busy, t, 700, {"thru1": 60, "thru2": 60, "left": 0})
+    assert busy.monitor.status("left") is Fault.DEAD
+
+
+def test_health_a_loop_dead_from_the_start_is_still_found() -> None:
+    # It never counted: its share is the prior's alone, which still expects activity.
+    feed = Feed(HealthMonitor([loop("a"), loop("b"), loop("c")]))
+    _hour(feed, 0.0, 1800, {"a": 10, "b": 10, "c": 0})
+    assert feed.monitor.status("c") is Fault.DEAD
+    assert feed.monitor.status("a") is None and feed.monitor.status("b") is None
