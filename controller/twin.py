@@ -863,6 +863,13 @@ class _Worker:
             # the delay difference between candidates comes from the plans alone.
             s.vehicletype.setImperfection(vt, 0.0)
             s.vehicletype.setSpeedDeviation(vt, 0.0)
+        #: Lanes a twin car may stand on: a cyclist on a bicycle lane (ground truth
+        #: reports it with its next signal group) does not block cars and is not placed.
+        self.car_lanes = frozenset(
+            lid for lid in config.lanes
+            if "passenger" not in s.lane.getDisallowed(lid)
+            and (not s.lane.getAllowed(lid) or "passenger" in s.lane.getAllowed(lid))
+        )
         self.route_ids: dict[tuple[str, str], str] = {}
         #: Twin route id -> the edge its vehicles enter on (where the not-yet-inserted wait).
         self.entry: dict[str, str] = {}
@@ -896,7 +903,7 @@ class _Worker:
         out: list[_Departure] = []
         for v in snapshot.vehicles:
             lane = cfg.lanes.get(v.lane)
-            if lane is None:
+            if lane is None or v.lane not in self.car_lanes:
                 continue
             options = [rid for g in v.groups for rid in routes_by_group.get(g, [])]
             lane_routes = cfg.lane_routes.get(v.lane)
@@ -907,9 +914,6 @@ class _Worker:
             # At the stop line a vehicle can no longer change lanes: only its lane's routes.
             at_stop = [o for o in options if o in (lane_routes or options)]
             edge = lane.edge
-            # None of its routes continues from this lane (a turner still to change lanes,
-            # as ground truth places it): SUMO refuses that lane, so it picks one.
-            depart_lane = str(lane.index) if at_stop or lane_routes is None else "best"
             options = [o for o in (at_stop or options) if (o, edge) in self.route_ids]
             if not options:
                 continue
@@ -917,7 +921,7 @@ class _Worker:
             bus = v.kind == BUS
             out.append(_Departure(
                 f"{'b' if bus else 'c'}{len(out)}", self.route_ids[(rid, edge)],
-                "twin_bus" if bus else "twin_car", 0.0, "0", depart_lane,
+                "twin_bus" if bus else "twin_car", 0.0, "0", str(lane.index),
                 f"{v.pos_m:.2f}", "max" if v.moving else "0", BUS if bus else CAR,
             ))
         h = cfg.horizon_s
