@@ -241,14 +241,12 @@ class HealthMonitor:
             now_active = active and not impossible
             rec.onsets += now_active and not rec.was_active
             rec.was_active = now_active
-        if info.kind in _ACTIVITY_KINDS and (
-            (active and not impossible) or rec.last_activity_ts is None
-        ):
-            # The first reading starts the silence clock even when it is empty.
-            rec.last_activity_ts = reading.ts
-            total = self._approach_total.get(info.approach, 0.0) + max(reading.count, 0)
-            self._approach_total[info.approach] = total
-            rec.activity_snapshot = total
+            if now_active or rec.last_activity_ts is None:
+                # The first reading starts the silence clock even when it is empty.
+                rec.last_activity_ts = reading.ts
+                total = self._approach_total.get(info.approach, 0.0) + max(reading.count, 0)
+                self._approach_total[info.approach] = total
+                rec.activity_snapshot = total
 
         # Stuck on: occupancy (loops) or the button state (push-buttons) held too long.
         if info.kind is DetectorKind.PUSH_BUTTON:

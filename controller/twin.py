@@ -436,6 +436,7 @@ class SnapshotBuilder:
         queue_back = self._queue_backs(now, estimate)
         vehicles: list[TwinVehicle] = []
         spilled = pocket_spill_m(cfg, queue_back)
+        pocket_entry_m = {p.feeder: p.pocket_m for p in cfg.pocket_spills}
         for did, sensor in cfg.queues.items():
             spill = spilled.get(did)
             if spill is None:
@@ -445,7 +446,7 @@ class SnapshotBuilder:
             vehicles += self._standing(sensor, through_m)
             # The overflow stands from the pocket's entry back (or behind the through
             # queue when that reaches past the entry).
-            front = max(self._pocket_entry(did), _jam_back_m(through_m, cfg))
+            front = max(pocket_entry_m[did], _jam_cars(through_m, cfg) * cfg.jam_spacing_m)
             vehicles += self._standing(sensor, spill_m, groups=groups, front_m=front)
         for did, loop in cfg.upstream.items():
             vehicles += self._in_transit(did, loop, now, queue_back)
@@ -501,11 +502,6 @@ class SnapshotBuilder:
                 out[did] = 0.0
         return out
 
-    def _pocket_entry(self, feeder: str) -> float:
-        return max(
-            (p.pocket_m for p in self.config.pocket_spills if p.feeder == feeder), default=0.0
-        )
-
     def _standing(
         self,
         sensor: TwinQueueSensor,
@@ -519,8 +515,7 @@ class SnapshotBuilder:
         With ``groups`` the cars wait for a full pocket (``TwinVehicle.spill``).
         """
         cfg = self.config
-        # A jam of n cars measures n * spacing minus one gap (SUMO's jam length).
-        n = max(0, round((queue_m + 2.5) / cfg.jam_spacing_m))
+        n = _jam_cars(queue_m, cfg)
         out: list[TwinVehicle] = []
         lane_idx = len(sensor.lanes) - 1
         pos = cfg.lanes[sensor.lanes[-1]].length_m - 0.5 - front_m
@@ -561,10 +556,9 @@ class SnapshotBuilder:
         return out
 
 
-def _jam_back_m(queue_m: float, cfg: TwinConfig) -> float:
-    """Distance from the stop line to the back of a jam of ``queue_m`` (next car's front)."""
-    n = max(0, round((queue_m + 2.5) / cfg.jam_spacing_m))
-    return n * cfg.jam_spacing_m
+def _jam_cars(queue_m: float, cfg: TwinConfig) -> int:
+    """Cars in a jam of ``queue_m``: n cars measure n * spacing minus one gap (SUMO)."""
+    return max(0, round((queue_m + 2.5) / cfg.jam_spacing_m))
 
 
 def pocket_spill_m(
@@ -965,7 +959,7 @@ class _Worker:
         deps = self.departures(snapshot)
         h = cfg.horizon_s
         self.kinds = {d.vid: d.kind for d in deps}
-        self.entries = {d.vid: self.entry.get(d.route, d.route) for d in deps}
+        self.entries = {d.vid: self.entry[d.route] for d in deps}
         steps = np.array([math.ceil(d.depart) for d in deps], dtype=np.int64)
         self.schedule = np.cumsum(np.bincount(steps, minlength=h + 1)[:h])
         # Until the running cycle ends every program shows the same states (timeline).
