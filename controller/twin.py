@@ -171,6 +171,14 @@ class TwinConfig:
     #: Pedestrian arrivals per hour per pedestrian group (analytic pedestrian delay).
     pedestrian_flow_per_h: Mapping[str, float] = field(default_factory=dict)
     horizon_s: int = 300
+    #: At low demand one draw of the horizon's arrivals decides the ranking: a plan that
+    #: suits the few drawn vehicles wins by chance.  Every program is then scored on
+    #: several independent draws (the same draws for every program), until about
+    #: ``replication_vehicles`` vehicles are simulated in all, at most
+    #: ``max_replications`` draws (``replications``).  At peak demand one draw holds
+    #: that many vehicles already, so peak latency is unchanged.
+    max_replications: int = 4
+    replication_vehicles: int = 150
     step_length_s: float = 1.0
     seed: int = 42
     free_speed_mps: float = 13.89
@@ -224,6 +232,8 @@ class TwinConfig:
             raise ValueError("loss_sample_s must be >= 1 and exit_m >= 0")
         if self.terminal_s_per_vehicle < 0 or self.terminal_queued_mps < 0:
             raise ValueError("terminal_s_per_vehicle and terminal_queued_mps must be >= 0")
+        if self.max_replications < 1 or self.replication_vehicles < 1:
+            raise ValueError("max_replications and replication_vehicles must be >= 1")
         object.__setattr__(self, "lanes", dict(self.lanes))
         object.__setattr__(self, "lane_routes", dict(self.lane_routes))
         object.__setattr__(self, "upstream", dict(self.upstream))
@@ -632,6 +642,9 @@ class TwinScore:
     wall_s: float
     #: Of ``person_delay_s``: the queues' cost-to-go at the horizon's end (per person).
     terminal_s: float = 0.0
+    #: Arrival draws the delays are pooled over (``replications``); ``vehicles`` is per
+    #: draw, ``sim_s`` over all draws.
+    draws: int = 1
 
 
 def link_state_table(signals: JunctionSignals, program: SignalProgram) -> tuple[str, ...]:
@@ -810,6 +823,36 @@ class _Progress:
     pending_s: int = 0
 
 
+@dataclass
+class _Draw:
+    """One draw of a snapshot's vehicles, run through the shared prefix and saved."""
+
+    #: The state file at the end of the prefix.
+    state: str
+    #: Vehicle id -> kind (car, bus), and -> the edge it enters on.
+    kinds: dict[str, str]
+    entries: dict[str, str]
+    #: Vehicles scheduled to depart by the end of each horizon second (insertion delay).
+    schedule: np.ndarray
+    #: Vehicles departing after the prefix: added after every ``loadState``.
+    later: list[_Departure]
+    prefix: _Progress
+
+
+def replications(config: TwinConfig, snapshot: TwinSnapshot) -> int:
+    """How many arrival draws every program of ``snapshot`` is scored on (>= 1).
+
+    Enough for about ``config.replication_vehicles`` simulated vehicles in all:
+    the standing and moving vehicles placed at the start plus the arrivals the
+    flows promise over the horizon, per draw.
+    """
+    per_draw = len(snapshot.vehicles) + (
+        sum(snapshot.flows_veh_h.values()) * config.horizon_s / 3600.0
+    )
+    wanted = math.ceil(config.replication_vehicles / max(per_draw, 1.0))
+    return max(1, min(config.max_replications, wanted))
+
+
 class _Worker:
     """One libsumo simulation of the junction, reused for every evaluation in this process."""
 
@@ -820,15 +863,10 @@ class _Worker:
         self.config = config
         self.scratch = Path(scratch)
         self.base = str(self.scratch / f"base-{os.getpid()}.xml")
-        self.state = str(self.scratch / f"state-{os.getpid()}.xml")
         self.built: TwinSnapshot | None = None
-        self.schedule: np.ndarray = np.zeros(config.horizon_s, dtype=np.int64)
-        self.kinds: dict[str, str] = {}
-        self.entries: dict[str, str] = {}
-        #: Vehicles departing after the shared prefix: added after every ``loadState``.
-        self.later: list[_Departure] = []
+        #: The built snapshot's draws (``replications``), each run through the prefix.
+        self.draws: list[_Draw] = []
         self.boundary = 0
-        self.prefix = _Progress()
         self.tables: dict[tuple[object, ...], tuple[str, ...]] = {}
         libsumo.start([
             "sumo", "-n", config.net_file,
@@ -885,10 +923,15 @@ class _Worker:
         s.simulation.saveState(self.base)
 
     # -- building the initial state ------------------------------------------------
-    def departures(self, snapshot: TwinSnapshot) -> list[_Departure]:
-        """The evaluation's vehicles: the snapshot's, then the horizon's Poisson arrivals."""
+    def departures(self, snapshot: TwinSnapshot, draw: int = 0) -> list[_Departure]:
+        """The evaluation's vehicles: the snapshot's, then the horizon's Poisson arrivals.
+
+        ``draw`` numbers the independent draws of one snapshot (``replications``):
+        the standing vehicles' routes and the arrivals differ, the rest is the same.
+        """
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(b"twin")])
+        key = [cfg.seed, zlib.crc32(b"twin")] + ([draw] if draw else [])
+        rng = np.random.default_rng(key)
         routes_by_group: dict[str, list[str]] = {}
         for r in cfg.routes:
             routes_by_group.setdefault(r.group, []).append(r.id)
@@ -950,32 +993,44 @@ class _Worker:
             add(d.vid, d.route, typeID=d.type_id, depart=d.depart_text, departLane=d.lane,
                 departPos=d.pos, departSpeed=d.speed, arrivalPos=arrival[d.route])
 
-    def build(self, snapshot: TwinSnapshot) -> None:
-        """Draw the vehicles and run the shared prefix once per snapshot; save its state."""
+    def build(self, snapshot: TwinSnapshot) -> list[_Draw]:
+        """Draw the vehicles and run the shared prefix once per snapshot and draw.
+
+        Each draw's state at the end of the prefix is saved; every program of the
+        snapshot starts from it.
+        """
         if self.built == snapshot:
-            return
+            return self.draws
         cfg = self.config
         s = self.sumo
-        deps = self.departures(snapshot)
         h = cfg.horizon_s
-        self.kinds = {d.vid: d.kind for d in deps}
-        self.entries = {d.vid: self.entry[d.route] for d in deps}
-        steps = np.array([math.ceil(d.depart) for d in deps], dtype=np.int64)
-        self.schedule = np.cumsum(np.bincount(steps, minlength=h + 1)[:h])
         # Until the running cycle ends every program shows the same states (timeline).
         run = snapshot.running
         remaining = run.cycle_s - 1 - snapshot.cycle_second % run.cycle_s
         self.boundary = min(remaining, h - 1) if cfg.share_prefix else 0
-        s.simulation.loadState(self.base)
-        self._add([d for d in deps if d.depart < self.boundary])
-        self.later = [d for d in deps if d.depart >= self.boundary]
         self.built = None
-        self.prefix = _Progress()
+        self.draws = []
         table = self._table(run, snapshot.pedestrian_flow_per_h)
         seconds = timeline(snapshot, run, h)
-        self._advance(seconds, table, table, start=0, stop=self.boundary, acc=self.prefix)
-        s.simulation.saveState(self.state)
+        for k in range(replications(cfg, snapshot)):
+            deps = self.departures(snapshot, k)
+            steps = np.array([math.ceil(d.depart) for d in deps], dtype=np.int64)
+            draw = _Draw(
+                state=str(self.scratch / f"state-{os.getpid()}-{k}.xml"),
+                kinds={d.vid: d.kind for d in deps},
+                entries={d.vid: self.entry[d.route] for d in deps},
+                schedule=np.cumsum(np.bincount(steps, minlength=h + 1)[:h]),
+                later=[d for d in deps if d.depart >= self.boundary],
+                prefix=_Progress(),
+            )
+            s.simulation.loadState(self.base)
+            self._add([d for d in deps if d.depart < self.boundary])
+            self._advance(seconds, table, table, start=0, stop=self.boundary,
+                          acc=draw.prefix, schedule=draw.schedule)
+            s.simulation.saveState(draw.state)
+            self.draws.append(draw)
         self.built = snapshot
+        return self.draws
 
     def _advance(
         self,
@@ -986,8 +1041,12 @@ class _Worker:
         start: int,
         stop: int,
         acc: _Progress,
+        schedule: np.ndarray,
     ) -> None:
-        """Step horizon seconds ``start`` to ``stop - 1``, accumulating into ``acc``."""
+        """Step horizon seconds ``start`` to ``stop - 1``, accumulating into ``acc``.
+
+        ``schedule[k]``: vehicles due to have departed by the end of second ``k``.
+        """
         s = self.sumo
         tls = self.config.tls_id
         set_state = s.trafficlight.setRedYellowGreenState
@@ -996,7 +1055,6 @@ class _Worker:
         get_loss = s.vehicle.getTimeLoss
         departed_now = s.simulation.getDepartedNumber
         sample = self.config.loss_sample_s
-        schedule = self.schedule
         loss = acc.loss
         departed = acc.departed
         pending_s = acc.pending_s
@@ -1022,29 +1080,38 @@ class _Worker:
 
     # -- scoring ----------------------------------------------------------------------
     def score(self, snapshot: TwinSnapshot, program: SignalProgram) -> TwinScore:
+        """Run ``program`` from every draw's prefix state; delays pooled over the draws."""
         started = time.perf_counter()
         cfg = self.config
-        self.build(snapshot)
+        draws = self.build(snapshot)
         s = self.sumo
         rates = snapshot.pedestrian_flow_per_h
         run_table = self._table(snapshot.running, rates)
         cand_table = self._table(program, rates)
         seconds = timeline(snapshot, program, cfg.horizon_s)
-        s.simulation.loadState(self.state)
-        self._add(self.later)
-        acc = _Progress(dict(self.prefix.loss), self.prefix.departed, self.prefix.pending_s)
-        self._advance(seconds, run_table, cand_table, start=self.boundary, stop=cfg.horizon_s,
-                      acc=acc)
-        loss = acc.loss
+        n_car = n_bus = 0
+        car_loss = bus_loss = terminal = 0.0
         occ_car = cfg.occupancy.get(CAR, 1.0)
         occ_bus = cfg.occupancy.get(BUS, 1.0)
-        n_bus = sum(1 for k in self.kinds.values() if k == BUS)
-        n_car = len(self.kinds) - n_bus
-        bus_loss = sum(v for vid, v in loss.items() if self.kinds.get(vid) == BUS)
-        car_loss = sum(loss.values()) - bus_loss + max(0, acc.pending_s)
-        ped_loss, peds = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
+        for draw in draws:
+            s.simulation.loadState(draw.state)
+            self._add(draw.later)
+            acc = _Progress(dict(draw.prefix.loss), draw.prefix.departed, draw.prefix.pending_s)
+            self._advance(seconds, run_table, cand_table, start=self.boundary,
+                          stop=cfg.horizon_s, acc=acc, schedule=draw.schedule)
+            kinds = draw.kinds
+            buses = sum(1 for k in kinds.values() if k == BUS)
+            n_bus += buses
+            n_car += len(kinds) - buses
+            draw_bus = sum(v for vid, v in acc.loss.items() if kinds.get(vid) == BUS)
+            bus_loss += draw_bus
+            car_loss += sum(acc.loss.values()) - draw_bus + max(0, acc.pending_s)
+            terminal += occ_car * self._terminal_loss(draw.entries)
+        # Pooled: as if the draws were one horizon with their vehicles side by side; the
+        # pedestrians (analytic, the same in every draw) count once per draw.
+        ped_once, peds_once = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
+        ped_loss, peds = ped_once * len(draws), peds_once * len(draws)
         persons = occ_car * n_car + occ_bus * n_bus + peds
-        terminal = occ_car * self._terminal_loss()
         person_loss = occ_car * car_loss + occ_bus * bus_loss + ped_loss + terminal
         n_veh = n_car + n_bus
         return TwinScore(
@@ -1053,13 +1120,14 @@ class _Worker:
             vehicle_delay_s=(car_loss + bus_loss) / n_veh if n_veh else 0.0,
             pedestrian_delay_s=ped_loss / peds if peds > 0 else 0.0,
             bus_delay_s=bus_loss / n_bus if n_bus else 0.0,
-            vehicles=n_veh,
-            sim_s=float(cfg.horizon_s),
+            vehicles=round(n_veh / len(draws)),
+            sim_s=float(cfg.horizon_s * len(draws)),
             wall_s=time.perf_counter() - started,
             terminal_s=terminal / persons if persons > 0 else 0.0,
+            draws=len(draws),
         )
 
-    def _terminal_loss(self) -> float:
+    def _terminal_loss(self, entries: Mapping[str, str]) -> float:
         """Delay the queues left at the horizon's end will still cause (vehicle-seconds).
 
         The k-th vehicle of a queue waits for the k - 1 ahead of it to leave, so a queue
@@ -1078,7 +1146,7 @@ class _Worker:
                 lane = s.vehicle.getLaneID(vid)
                 queues[lane] = queues.get(lane, 0) + 1
         for vid in s.simulation.getPendingVehicles():
-            key = "entry:" + self.entries.get(vid, "")
+            key = "entry:" + entries.get(vid, "")
             queues[key] = queues.get(key, 0) + 1
         return tau * sum(n * (n + 1) / 2 for n in queues.values())
 
