@@ -85,6 +85,12 @@ class OptimiserConfig:
     ped_wait_threshold_s: float = 45.0
     #: Target upper bound on every group's degree of saturation (Auslastungsgrad).
     max_degree_of_saturation: float = 0.95
+    #: Capacity rule of the candidate gate: no candidate plans any group's arrival flow
+    #: above this degree of saturation, or above the fallback's highest one where that
+    #: is higher (demand beyond capacity: the worst bottleneck may not get worse).  The
+    #: twin's horizon is a few cycles; a plan that leaves a movement short of capacity
+    #: looks cheap there while its queue grows for good.  None: no capacity rule.
+    capacity_x_max: float | None = 0.95
     #: Flow assumed at least for a group without trustworthy data (veh/h).
     flow_floor_veh_h: float = 300.0
     #: Lower bound on the saturation flow an estimate may claim (veh/h of green).
@@ -118,6 +124,8 @@ class OptimiserConfig:
             raise ValueError("cycle_variation must be within (0, 1)")
         if not 0.0 < self.max_degree_of_saturation <= 1.0:
             raise ValueError("max_degree_of_saturation must be within (0, 1]")
+        if self.capacity_x_max is not None and not self.capacity_x_max > 0.0:
+            raise ValueError("capacity_x_max must be positive (or None: no capacity rule)")
         positive = (
             self.saturation_floor_veh_h, self.default_saturation_veh_h, self.analysis_period_h,
             self.bus_horizon_cycles,
@@ -161,6 +169,13 @@ class Demand:
     #: Arrival flow plus the residual queue spread over the next cycle (veh/h).
     flow_veh_h: float
     saturation_veh_h: float
+    #: Arrival flow alone (veh/h), what the plan must carry in the long run; None: the
+    #: same as ``flow_veh_h``.
+    arrival_veh_h: float | None = None
+
+    @property
+    def arrivals(self) -> float:
+        return self.flow_veh_h if self.arrival_veh_h is None else self.arrival_veh_h
 
 
 # -- demand ------------------------------------------------------------------------
@@ -194,7 +209,7 @@ def group_demand(
         if ge is None:
             out[g.id] = Demand(config.flow_floor_veh_h, config.default_saturation_veh_h)
             continue
-        flow = max(0.0, _finite(ge.flow_veh_h))
+        flow = arrivals = max(0.0, _finite(ge.flow_veh_h))
         sat = _finite(ge.saturation_veh_h)
         sat = config.default_saturation_veh_h if sat <= 0 else max(
             sat, config.saturation_floor_veh_h
@@ -204,8 +219,45 @@ def group_demand(
         flow += residual * 3600.0 / cycle
         if not ge.data_ok:
             flow = max(flow, config.flow_floor_veh_h)
-        out[g.id] = Demand(flow, sat)
+            arrivals = max(arrivals, config.flow_floor_veh_h)
+        out[g.id] = Demand(flow, sat, arrivals)
     return out
+
+
+def degrees_of_saturation(
+    program: SignalProgram, demand: Mapping[str, Demand]
+) -> dict[str, float]:
+    """Degree of saturation x = q / (s g / C) of each group's arrival flow under ``program``.
+
+    Auslastungsgrad.  A group the program leaves without green gets 0 without
+    arrivals and infinity with them.
+    """
+    greens = stage_green_times(program)
+    cycle = max(program.cycle_s, 1)
+    out: dict[str, float] = {}
+    for g, d in demand.items():
+        capacity = d.saturation_veh_h * greens.get(g, 0) / cycle
+        out[g] = d.arrivals / capacity if capacity > 0 else (math.inf if d.arrivals > 0 else 0.0)
+    return out
+
+
+def over_capacity(
+    program: SignalProgram,
+    fallback: SignalProgram,
+    demand: Mapping[str, Demand],
+    x_max: float,
+) -> tuple[str, ...]:
+    """Groups ``program`` plans above ``x_max`` and above the fallback's worst group.
+
+    Groups a program does not serve at all are not counted: leaving a stage out
+    is the stage-skipping rule's decision (only without demand), for one lease.
+    """
+    def served_x(p: SignalProgram) -> dict[str, float]:
+        greens = stage_green_times(p)
+        return {g: x for g, x in degrees_of_saturation(p, demand).items() if greens.get(g, 0)}
+
+    limit = max(x_max, max(served_x(fallback).values(), default=0.0)) + 1e-9
+    return tuple(g for g, x in served_x(program).items() if x > limit)
 
 
 def _idle(ge: GroupEstimate | None) -> bool:
@@ -1014,7 +1066,8 @@ def _scale(weights: Sequence[float], total: float) -> list[float]:
 
 
 def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
-    """Deduplicate, compile, drop over-long cycles, keep what passes the safety validator.
+    """Deduplicate, compile, drop over-long cycles, keep what passes the safety validator
+    and the capacity rule (``OptimiserConfig.capacity_x_max``).
 
     Entries are compiled and checked in priority order and the work stops once
     enough have passed: compiling and validating cost far more than proposing.
@@ -1045,6 +1098,11 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
             continue
         tried.add(key)
         if prog.cycle_s > c_max or validate(junction, prog, previous=running):
+            continue
+        if (
+            config.capacity_x_max is not None and prog is not fallback
+            and over_capacity(prog, fallback, b.demand, config.capacity_x_max)
+        ):
             continue
         out.append(Candidate(prog, label, analytic_delay_s(junction, prog, b.demand, config)))
     return out

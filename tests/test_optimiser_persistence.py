@@ -47,7 +47,9 @@ def test_shift_keeps_the_cycle_and_moves_whole_seconds_to_the_persistent_stage(
 ) -> None:
     j = toy_junction()
     fb = fallback_for(j, cycle=80)
-    cfg = OptimiserConfig()
+    # Without the capacity rule: the toy fallback is over capacity on K1, and the rule
+    # (tests/test_optimiser_capacity.py) would drop the larger shift away from P1.
+    cfg = OptimiserConfig(capacity_x_max=None)
     est = estimate(j, FLOWS, K3=carrying(400.0, carry))
     cands = propose(j, est, fb, fb, config=cfg)
     labels = by_label(cands)
