@@ -40,7 +40,7 @@ from controller.adaptive import (
     SnapshotSource,
 )
 from controller.estimator import Estimate
-from controller.optimiser import OptimiserConfig, propose
+from controller.optimiser import OptimiserConfig, capacity_check, propose
 from controller.plans import SignalProgram
 from controller.signals import JunctionSignals
 from controller.transport import Journal, replay
@@ -121,6 +121,7 @@ def run_config(rec: Recording, label: str, evaluator: Evaluator,
         rec.model.signals, rec.fallback,
         perception=perception_for(rec.model, snapshots),
         proposer=propose, evaluator=timed, timer=time.perf_counter,
+        running_check=capacity_check,
     )
     decisions: list[Decision] = []
     last = 0

@@ -99,6 +99,18 @@ class Proposer(Protocol):
     ) -> Sequence[Candidate]: ...
 
 
+class RunningCheck(Protocol):
+    """Why the running program must not be renewed, or None (``optimiser.capacity_check``)."""
+
+    def __call__(
+        self,
+        junction: JunctionSignals,
+        estimate: Estimate,
+        running: SignalProgram,
+        fallback: SignalProgram,
+    ) -> str | None: ...
+
+
 class SnapshotSource(Protocol):
     """Builds the evaluator's starting state from messages (``controller.twin.SnapshotBuilder``)."""
 
@@ -355,6 +367,8 @@ class EvaluationJob:
     evaluating_since: float
     #: Latency parts so far (estimate, propose, snapshot).
     latency: Latency
+    #: Why the running program may not be renewed (``RunningCheck``); None: it may.
+    retire: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,11 +411,13 @@ class AdaptiveCore:
         config: AdaptiveConfig | None = None,
         timer: Callable[[], float] = _no_clock,
         first_seq: int = 1,
+        running_check: RunningCheck | None = None,
     ) -> None:
         self.junction = junction
         self.fallback = fallback
         self.perception = perception
         self.proposer = proposer
+        self.running_check = running_check
         self.evaluator = evaluator
         self.config = config or AdaptiveConfig()
         self.stats = CoreStats()
@@ -573,6 +589,9 @@ class AdaptiveCore:
                     program_prefix=f"{cfg.program_prefix}{epoch}",
                 )
             )
+            retire = None
+            if self.running_check is not None and not state.fallback:
+                retire = self.running_check(self.junction, estimate, running, self.fallback)
             t3 = clock()
             snapshot = self.perception.snapshot(now, estimate, running, state.cycle_second)
             t4 = clock()
@@ -587,6 +606,7 @@ class AdaptiveCore:
             programs=(running, *(c.program for c in proposed)), running=running, state=state,
             candidates=proposed, started=t0, evaluating_since=t4,
             latency=Latency(estimate_s=t2 - t1, propose_s=t3 - t2, snapshot_s=t4 - t3),
+            retire=retire,
         )
         self._pending = job
         return job
@@ -666,11 +686,16 @@ class AdaptiveCore:
         if not _finite(running_delay):
             reason = "running program has no score"
             ranked = []
+        # A running plan that may not be renewed gives way to the best candidate that
+        # passes the gate, whatever the margin (or, without one, to the fallback).
+        retire = job.retire if adaptive_plan else None
         for cand in ranked:
             assert running_delay is not None
             delay = scores[cand.program.id]
             gain = running_delay - delay
-            if delay > running_delay * (1.0 - cfg.margin) or gain < cfg.min_gain_s:
+            if retire is None and (
+                delay > running_delay * (1.0 - cfg.margin) or gain < cfg.min_gain_s
+            ):
                 reason = (
                     f"best candidate {cand.program.id} {delay:.1f} s vs running "
                     f"{running_delay:.1f} s: within the {cfg.margin:.0%} margin"
@@ -688,6 +713,8 @@ class AdaptiveCore:
                 continue
             chosen = cand.program
             reason = (
+                f"{cand.program.id} ({cand.label}) {delay:.1f} s replaces running "
+                f"{running_delay:.1f} s: {retire}" if retire is not None else
                 f"{cand.program.id} ({cand.label}) {delay:.1f} s beats running "
                 f"{running_delay:.1f} s by {gain / running_delay:.1%}"
             )
@@ -704,6 +731,11 @@ class AdaptiveCore:
             record(Outcome.PUSHED, reason, running_delay=running_delay,
                    candidates=cand_records, chosen=chosen.id, latency=latency)
             return [cmd]
+        if retire is not None:
+            # Not renewed: the lease lapses and the hardware returns to its fallback.
+            record(Outcome.KEPT, f"running program not renewed: {retire}; {reason}",
+                   running_delay=running_delay, candidates=cand_records, latency=latency)
+            return []
         if adaptive_plan:
             self.stats.renewals += 1
             record(Outcome.KEPT, reason, running_delay=running_delay, candidates=cand_records,

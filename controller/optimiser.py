@@ -260,6 +260,32 @@ def over_capacity(
     return tuple(g for g, x in served_x(program).items() if x > limit)
 
 
+def capacity_check(
+    junction: JunctionSignals,
+    estimate: Estimate,
+    running: SignalProgram,
+    fallback: SignalProgram,
+    config: OptimiserConfig = OptimiserConfig(),
+) -> str | None:
+    """Why ``running`` may not be renewed under the capacity rule, or None.
+
+    The rule that keeps over-capacity plans out of the candidates holds for the
+    running plan too: demand changes under a leased plan, and the twin, judging a
+    few cycles, may keep renewing a plan whose starved movement queues for good.
+    The adaptive core then switches to the best candidate whatever the margin
+    (``controller.adaptive.RunningCheck``).  The fallback is never retired.
+    """
+    if config.capacity_x_max is None or running.id == fallback.id:
+        return None
+    demand = group_demand(junction, estimate, running, config)
+    groups = over_capacity(running, fallback, demand, config.capacity_x_max)
+    if not groups:
+        return None
+    x = degrees_of_saturation(running, demand)
+    worst = ", ".join(f"{g} x = {x[g]:.2f}" for g in groups)
+    return f"over capacity ({worst}; limit {config.capacity_x_max:.2f} or the fallback's worst)"
+
+
 def _idle(ge: GroupEstimate | None) -> bool:
     """No demand, no pending request and data good enough to believe it."""
     return (

@@ -41,6 +41,7 @@ from controller.adaptive import (
     Evaluator,
     Perception,
     Proposer,
+    RunningCheck,
     SnapshotSource,
     webster_proposer,
 )
@@ -91,6 +92,8 @@ class Parts:
     snapshots: SnapshotSource
     close: Callable[[], None] = lambda: None
     label: str = ""
+    #: Retires a running plan the capacity rule forbids (``optimiser.capacity_check``).
+    running_check: RunningCheck | None = None
 
 
 def analytic_parts(model: JunctionModel) -> Parts:
@@ -104,7 +107,7 @@ def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
     """The production parts: the project's optimiser and the SUMO twin in worker processes."""
     horizon_s = _defaults["horizon_s"] if horizon_s is None else horizon_s
     workers = _defaults["workers"] if workers is None else workers
-    from controller.optimiser import propose
+    from controller.optimiser import capacity_check, propose
     from controller.twin import SnapshotBuilder, SumoTwin
     from sim.twin_config import twin_config_from_model
 
@@ -116,6 +119,7 @@ def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
         snapshots=SnapshotBuilder(config),
         close=twin.close,
         label=f"twin {horizon_s} s",
+        running_check=capacity_check,
     )
 
 
@@ -197,6 +201,7 @@ class AdaptiveDriver:
             evaluator=self.parts.evaluator,
             config=config,
             timer=time.perf_counter,
+            running_check=self.parts.running_check,
         )
         self.decisions: list[Decision] = []
         self._closed = False

@@ -33,6 +33,7 @@ from controller.adaptive import (
     EvaluationJob,
     Outcome,
     Proposer,
+    RunningCheck,
     analytic_delay_s,
     scores_by_program,
     webster_proposer,
@@ -137,6 +138,7 @@ def make_core(
     proposer: Proposer = propose,
     evaluator: Any = None,
     config: AdaptiveConfig | None = None,
+    running_check: RunningCheck | None = None,
 ) -> AdaptiveCore:
     return AdaptiveCore(
         JUNCTION,
@@ -146,6 +148,7 @@ def make_core(
         proposer=proposer,
         evaluator=evaluator if evaluator is not None else AnalyticEvaluator(JUNCTION),
         config=config,
+        running_check=running_check,
     )
 
 
@@ -244,6 +247,38 @@ def test_within_margin_nothing_is_pushed_and_the_fallback_is_not_renewed() -> No
     kept = [d for d in loop.core.decisions if d.outcome is Outcome.KEPT]
     assert kept and all("margin" in d.reason for d in kept)
     assert all(fb for _t, _pid, fb in loop.programs)
+
+
+def test_a_retired_running_plan_gives_way_whatever_the_margin() -> None:
+    # The capacity rule (optimiser.capacity_check) may forbid renewing the running plan;
+    # here a check that retires every adaptive plan.  A 30 % margin keeps the first
+    # adaptive plan running for good without it.
+    checked: list[str] = []
+
+    def retire_all(
+        junction: JunctionSignals, estimate: Estimate, running: SignalProgram,
+        fallback: SignalProgram,
+    ) -> str:
+        checked.append(running.id)
+        return "over capacity (K4 x = 1.20)"
+
+    config = AdaptiveConfig(margin=0.3)
+    free = Loop(make_core(config=config))
+    free.run(900)
+    assert free.core.stats.renewals > 0
+    loop = Loop(make_core(config=config, running_check=retire_all))
+    loop.run(900)
+    core = loop.core
+    assert core.stats.renewals == 0
+    # Never asked while the fallback runs: the fallback is never retired.
+    assert checked and fallback_program().id not in checked
+    replaced = [d for d in core.decisions if d.outcome is Outcome.PUSHED and d.running_id
+                != fallback_program().id]
+    assert replaced and all("replaces running" in d.reason and "K4 x = 1.20" in d.reason
+                            for d in replaced)
+    # Every adaptive plan either gave way to another candidate or lapsed to the fallback.
+    assert len(replaced) + sum(
+        1 for d in core.decisions if "not renewed" in d.reason) == len(checked)
 
 
 # -- the safety gate ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from test_optimiser_candidates import SEQ, estimate, fallback_for
 from controller.optimiser import (
     Demand,
     OptimiserConfig,
+    capacity_check,
     degrees_of_saturation,
     group_demand,
     over_capacity,
@@ -81,6 +82,19 @@ def test_no_candidate_breaks_the_capacity_rule_and_the_set_stays_full() -> None:
     assert all(over_capacity(c.program, fb, demand, 0.95) == () for c in ruled)
     assert len(ruled) == OptimiserConfig().n_candidates
     assert [c.label for c in ruled][:2] == ["delay-optimal", "fallback"]
+
+
+def test_a_running_plan_over_capacity_is_retired_the_fallback_never() -> None:
+    j = toy_junction()
+    fb = fallback_for(j)
+    est = estimate(j, FLOWS)
+    starving = compile_plan(j, StagePlan(SEQ, (30, 10, 30, 5)), "starve")
+    reason = capacity_check(j, est, starving, fb)
+    assert reason is not None and "K4 x = 3.08" in reason
+    assert capacity_check(j, est, fb, fb) is None
+    assert capacity_check(j, est, starving, fb, OptimiserConfig(capacity_x_max=None)) is None
+    fine = propose(j, est, fb, fb)[0].program
+    assert capacity_check(j, est, fine, fb) is None
 
 
 def test_capacity_rule_config_is_checked() -> None:

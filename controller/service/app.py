@@ -235,7 +235,7 @@ class Parts:
 def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics: Metrics,
                 first_seq: int) -> Parts:
     """Perception, optimiser and evaluator as ``sim.adaptive_driver`` wires them, for MQTT."""
-    from controller.optimiser import propose
+    from controller.optimiser import capacity_check, propose
 
     snapshots: SnapshotSource
     close: Callable[[], None] = _nothing
@@ -275,6 +275,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
     core = AdaptiveCore(
         model.signals, fallback, perception=perception, proposer=propose, evaluator=inner,
         config=adaptive, timer=time.perf_counter, first_seq=first_seq,
+        running_check=capacity_check,
     )
     return Parts(core, perception, close, inner, warm_up, worker_pids)
 
