@@ -170,7 +170,8 @@ class Demand:
     flow_veh_h: float
     saturation_veh_h: float
     #: Arrival flow alone (veh/h), what the plan must carry in the long run; None: the
-    #: same as ``flow_veh_h``.
+    #: same as ``flow_veh_h``.  0 for a group without trustworthy data: its floor flow
+    #: is a guess that keeps it served, not a measurement the capacity rule could judge.
     arrival_veh_h: float | None = None
 
     @property
@@ -207,7 +208,7 @@ def group_demand(
             continue
         ge = estimate.groups.get(g.id)
         if ge is None:
-            out[g.id] = Demand(config.flow_floor_veh_h, config.default_saturation_veh_h)
+            out[g.id] = Demand(config.flow_floor_veh_h, config.default_saturation_veh_h, 0.0)
             continue
         flow = arrivals = max(0.0, _finite(ge.flow_veh_h))
         sat = _finite(ge.saturation_veh_h)
@@ -219,7 +220,7 @@ def group_demand(
         flow += residual * 3600.0 / cycle
         if not ge.data_ok:
             flow = max(flow, config.flow_floor_veh_h)
-            arrivals = max(arrivals, config.flow_floor_veh_h)
+            arrivals = 0.0
         out[g.id] = Demand(flow, sat, arrivals)
     return out
 

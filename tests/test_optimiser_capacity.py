@@ -14,7 +14,7 @@ import math
 
 import pytest
 from _toy_junction import toy_junction
-from test_optimiser_candidates import SEQ, estimate, fallback_for
+from test_optimiser_candidates import SEQ, estimate, fallback_for, group
 
 from controller.optimiser import (
     Demand,
@@ -58,6 +58,11 @@ def test_a_plan_that_starves_a_movement_is_over_capacity() -> None:
     assert over_capacity(starving, fb, demand, 0.95) == ("K4",)
     # The fallback itself is the yardstick, never over capacity.
     assert over_capacity(fb, fb, demand, 0.95) == ()
+    # A group without trustworthy data has a floor flow, not measured arrivals: the rule
+    # does not judge it (the bicycle groups of the Schlosskreuzung have no detectors).
+    blind = group_demand(j, estimate(j, FLOWS, K4=group(250.0, data_ok=False)), fb)
+    assert blind["K4"].arrivals == 0.0 and blind["K4"].flow_veh_h >= 250.0
+    assert over_capacity(starving, fb, blind, 0.95) == ()
     # Where demand exceeds the fallback's capacity as well, a plan may load a group up to
     # the fallback's worst degree of saturation: moving green to the bottleneck is allowed.
     heavy = group_demand(j, estimate(j, {"K1": 500.0, "K2": 120.0, "K3": 400.0, "K4": 100.0}),
