@@ -86,11 +86,13 @@ class OptimiserConfig:
     #: Target upper bound on every group's degree of saturation (Auslastungsgrad).
     max_degree_of_saturation: float = 0.95
     #: Capacity rule of the candidate gate: no candidate plans any group's arrival flow
-    #: above this degree of saturation, or above the fallback's highest one where that
-    #: is higher (demand beyond capacity: the worst bottleneck may not get worse).  The
-    #: twin's horizon is a few cycles; a plan that leaves a movement short of capacity
-    #: looks cheap there while its queue grows for good.  None: no capacity rule.
+    #: above this degree of saturation, or above ``capacity_slack`` times the fallback's
+    #: highest one where that is higher (demand beyond capacity: the worst bottleneck
+    #: may get only so much worse).  The twin's horizon is a few cycles; a plan that
+    #: leaves a movement short of capacity looks cheap there while its queue grows for
+    #: good.  None: no capacity rule.
     capacity_x_max: float | None = 0.95
+    capacity_slack: float = 1.25
     #: Flow assumed at least for a group without trustworthy data (veh/h).
     flow_floor_veh_h: float = 300.0
     #: Lower bound on the saturation flow an estimate may claim (veh/h of green).
@@ -126,6 +128,8 @@ class OptimiserConfig:
             raise ValueError("max_degree_of_saturation must be within (0, 1]")
         if self.capacity_x_max is not None and not self.capacity_x_max > 0.0:
             raise ValueError("capacity_x_max must be positive (or None: no capacity rule)")
+        if not self.capacity_slack >= 1.0:
+            raise ValueError("capacity_slack must be at least 1")
         positive = (
             self.saturation_floor_veh_h, self.default_saturation_veh_h, self.analysis_period_h,
             self.bus_horizon_cycles,
@@ -247,8 +251,9 @@ def over_capacity(
     fallback: SignalProgram,
     demand: Mapping[str, Demand],
     x_max: float,
+    slack: float = 1.0,
 ) -> tuple[str, ...]:
-    """Groups ``program`` plans above ``x_max`` and above the fallback's worst group.
+    """Groups ``program`` plans above ``x_max`` and above ``slack`` x the fallback's worst.
 
     Groups a program does not serve at all are not counted: leaving a stage out
     is the stage-skipping rule's decision (only without demand), for one lease.
@@ -257,7 +262,7 @@ def over_capacity(
         greens = stage_green_times(p)
         return {g: x for g, x in degrees_of_saturation(p, demand).items() if greens.get(g, 0)}
 
-    limit = max(x_max, max(served_x(fallback).values(), default=0.0)) + 1e-9
+    limit = max(x_max, slack * max(served_x(fallback).values(), default=0.0)) + 1e-9
     return tuple(g for g, x in served_x(program).items() if x > limit)
 
 
@@ -279,12 +284,14 @@ def capacity_check(
     if config.capacity_x_max is None or running.id == fallback.id:
         return None
     demand = group_demand(junction, estimate, running, config)
-    groups = over_capacity(running, fallback, demand, config.capacity_x_max)
+    groups = over_capacity(running, fallback, demand, config.capacity_x_max,
+                           config.capacity_slack)
     if not groups:
         return None
     x = degrees_of_saturation(running, demand)
     worst = ", ".join(f"{g} x = {x[g]:.2f}" for g in groups)
-    return f"over capacity ({worst}; limit {config.capacity_x_max:.2f} or the fallback's worst)"
+    return (f"over capacity ({worst}; limit {config.capacity_x_max:.2f} or "
+            f"{config.capacity_slack:.2f} x the fallback's worst)")
 
 
 def _idle(ge: GroupEstimate | None) -> bool:
@@ -1128,7 +1135,8 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
             continue
         if (
             config.capacity_x_max is not None and prog is not fallback
-            and over_capacity(prog, fallback, b.demand, config.capacity_x_max)
+            and over_capacity(prog, fallback, b.demand, config.capacity_x_max,
+                              config.capacity_slack)
         ):
             continue
         out.append(Candidate(prog, label, analytic_delay_s(junction, prog, b.demand, config)))
