@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import pytest
 
 from controller.twin import TwinConfig, _Worker
 
@@ -17,3 +19,14 @@ def twin_worker(config: TwinConfig, scratch: str) -> Iterator[_Worker]:
         yield w
     finally:
         libsumo.close()
+
+
+def module_worker(config: TwinConfig, name: str) -> Callable[..., Iterator[_Worker]]:
+    """A module-scoped ``worker`` fixture on ``config`` (libsumo closes with the module)."""
+
+    @pytest.fixture(scope="module")
+    def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
+        with twin_worker(config, str(tmp_path_factory.mktemp(name))) as w:
+            yield w
+
+    return worker

@@ -12,11 +12,10 @@ vehicle keeps its lane's routes only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _twin_helpers import twin_worker
+from _twin_helpers import module_worker
 
 from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.twin import CAR, SumoTwin, TwinConfig, TwinError, TwinSnapshot, TwinVehicle, _Worker
@@ -87,10 +86,7 @@ def test_upstream_lane_routes_follow_chains_of_lanes() -> None:
 # -- departures --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    with twin_worker(CFG, str(tmp_path_factory.mktemp("twin-pocket"))) as w:
-        yield w
+worker = module_worker(CFG, "twin-pocket")
 
 
 def snapshot(vehicles: list[TwinVehicle]) -> TwinSnapshot:

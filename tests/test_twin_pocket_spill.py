@@ -14,12 +14,11 @@ Also here: the terminal cost of the queues left at the horizon's end.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _twin_helpers import twin_worker
+from _twin_helpers import module_worker
 
 from controller.messages import DetectorReading
 from controller.plans import SignalProgram, StagePlan, compile_plan
@@ -95,10 +94,7 @@ def test_snapshot_places_the_overflow_from_the_pocket_entry_as_its_turners() -> 
     assert len([v for v in plain.vehicles if v.lane == "N_app_3"]) >= 7
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    with twin_worker(CFG, str(tmp_path_factory.mktemp("twin-spill"))) as w:
-        yield w
+worker = module_worker(CFG, "twin-spill")
 
 
 @pytest.mark.sumo

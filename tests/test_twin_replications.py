@@ -9,12 +9,11 @@ exactly the draw of a twin without replications.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _twin_helpers import twin_worker
+from _twin_helpers import module_worker
 
 from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.twin import CAR, TwinConfig, TwinSnapshot, TwinVehicle, _Worker, replications
@@ -61,10 +60,7 @@ def test_draws_grow_as_demand_falls_and_stay_within_the_bounds() -> None:
 # -- scoring on the draws -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    with twin_worker(CFG, str(tmp_path_factory.mktemp("twin-draws"))) as w:
-        yield w
+worker = module_worker(CFG, "twin-draws")
 
 
 @pytest.mark.sumo
