@@ -258,12 +258,20 @@ def over_capacity(
     Groups a program does not serve at all are not counted: leaving a stage out
     is the stage-skipping rule's decision (only without demand), for one lease.
     """
-    def served_x(p: SignalProgram) -> dict[str, float]:
-        greens = stage_green_times(p)
-        return {g: x for g, x in degrees_of_saturation(p, demand).items() if greens.get(g, 0)}
+    limit = capacity_limit(fallback, demand, x_max, slack) + 1e-9
+    return tuple(g for g, x in _served_x(program, demand).items() if x > limit)
 
-    limit = max(x_max, slack * max(served_x(fallback).values(), default=0.0)) + 1e-9
-    return tuple(g for g, x in served_x(program).items() if x > limit)
+
+def capacity_limit(
+    fallback: SignalProgram, demand: Mapping[str, Demand], x_max: float, slack: float = 1.0
+) -> float:
+    """The highest degree of saturation the capacity rule lets a plan give any group."""
+    return max(x_max, slack * max(_served_x(fallback, demand).values(), default=0.0))
+
+
+def _served_x(program: SignalProgram, demand: Mapping[str, Demand]) -> dict[str, float]:
+    greens = stage_green_times(program)
+    return {g: x for g, x in degrees_of_saturation(program, demand).items() if greens.get(g, 0)}
 
 
 def capacity_check(
@@ -1133,11 +1141,61 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
         tried.add(key)
         if prog.cycle_s > c_max or validate(junction, prog, previous=running):
             continue
-        if (
-            config.capacity_x_max is not None and prog is not fallback
-            and over_capacity(prog, fallback, b.demand, config.capacity_x_max,
-                              config.capacity_slack)
-        ):
-            continue
-        out.append(Candidate(prog, label, analytic_delay_s(junction, prog, b.demand, config)))
+        name = label
+        if config.capacity_x_max is not None and prog is not fallback:
+            over = over_capacity(prog, fallback, b.demand, config.capacity_x_max,
+                                 config.capacity_slack)
+            if over:
+                # Repaired: the same plan with the starved groups' stages given the green
+                # the rule asks for, taken from the other stages (keeps the set diverse).
+                repaired = _capacity_repair(b, prog, over)
+                if repaired is None or _key(repaired) in tried or _key(repaired) == running_key:
+                    continue
+                prog, name = repaired, f"{label}+capacity"
+                tried.add(_key(prog))
+                if validate(junction, prog, previous=running) or over_capacity(
+                    prog, fallback, b.demand, config.capacity_x_max, config.capacity_slack
+                ):
+                    continue
+        out.append(Candidate(prog, name, analytic_delay_s(junction, prog, b.demand, config)))
     return out
+
+
+def _capacity_repair(
+    b: _Builder, program: SignalProgram, over: Sequence[str]
+) -> SignalProgram | None:
+    """``program`` with green moved to the stages of the ``over`` groups, or None.
+
+    Each group gets the whole seconds that bring its degree of saturation to the
+    capacity rule's limit, on its longest stage, taken one second at a time from
+    the stage with the most green above its minimum among the stages that serve
+    no ``over`` group; the cycle stays.  None when the plan has no stage plan,
+    the donors run out, or the result cannot be compiled.
+    """
+    plan = program.stage_plan
+    cfg = b.cfg
+    if plan is None or cfg.capacity_x_max is None:
+        return None
+    seq = plan.sequence
+    greens = np.array(plan.greens_s, dtype=float)
+    mins = np.array(stage_min_greens(b.j, seq), dtype=float)
+    limit = capacity_limit(b.fallback, b.demand, cfg.capacity_x_max, cfg.capacity_slack)
+    have = stage_green_times(program)
+    donors = [i for i, st in enumerate(seq) if not set(over) & set(b.j.stage(st).groups)]
+    for gid in over:
+        d = b.demand[gid]
+        k = _stage_of(b.j, seq, gid, greens)
+        if k is None:
+            return None
+        need = math.ceil(d.arrivals * program.cycle_s / (d.saturation_veh_h * limit))
+        for _ in range(max(0, need - have.get(gid, 0))):
+            spare = {i: greens[i] - mins[i] for i in donors if greens[i] - mins[i] >= 1.0}
+            if not spare:
+                return None
+            i = max(spare, key=lambda i: (spare[i], -i))
+            greens[i] -= 1.0
+            greens[k] += 1.0
+    try:
+        return b.compile(seq, greens)
+    except ValueError:
+        return None

@@ -26,6 +26,7 @@ from controller.optimiser import (
     propose,
 )
 from controller.plans import StagePlan, compile_plan, stage_green_times
+from controller.safety import validate
 
 #: The fallback (equal split at 80 s) carries the west left turn K4 at x = 1.01.
 FLOWS = {"K1": 150.0, "K2": 40.0, "K3": 120.0, "K4": 250.0}
@@ -90,6 +91,31 @@ def test_no_candidate_breaks_the_capacity_rule_and_the_set_stays_full() -> None:
     assert all(over_capacity(c.program, fb, demand, 0.95, 1.25) == () for c in ruled)
     assert len(ruled) == OptimiserConfig().n_candidates
     assert [c.label for c in ruled][:2] == ["delay-optimal", "fallback"]
+
+
+def test_an_over_capacity_variant_is_repaired_not_just_dropped() -> None:
+    # Running a plan that starves the left turn K4 (x = 2.6): its rescaled variant breaks
+    # the rule; the gate moves green to P4 from the other stages until K4 fits.
+    j = toy_junction()
+    fb = fallback_for(j)
+    est = estimate(j, FLOWS)
+    demand = group_demand(j, est, fb)
+    running = compile_plan(j, StagePlan(SEQ, (22, 8, 22, 5)), "running")
+    assert degrees_of_saturation(running, demand)["K4"] > 2.5
+    cfg = OptimiserConfig(capacity_slack=1.0)
+    labels = {c.label: c.program for c in propose(j, est, running, fb, config=cfg)}
+    assert "running-rescaled" not in labels
+    repaired = labels["running-rescaled+capacity"]
+    free = {c.label: c.program
+            for c in propose(j, est, running, fb, config=OptimiserConfig(capacity_x_max=None))}
+    original = free["running-rescaled"]
+    assert repaired.cycle_s == original.cycle_s
+    assert repaired.stage_plan is not None and original.stage_plan is not None
+    assert repaired.stage_plan.greens_s[3] > original.stage_plan.greens_s[3]
+    assert over_capacity(original, fb, demand, 0.95) == ("K4",)
+    assert over_capacity(repaired, fb, demand, 0.95) == ()
+    assert degrees_of_saturation(repaired, demand)["K4"] == pytest.approx(0.96, abs=0.01)
+    assert validate(j, repaired, previous=running) == ()
 
 
 def test_a_running_plan_over_capacity_is_retired_the_fallback_never() -> None:
