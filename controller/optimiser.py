@@ -1166,8 +1166,9 @@ def _capacity_repair(
 ) -> SignalProgram | None:
     """``program`` with green moved to the stages of the ``over`` groups, or None.
 
-    Each group gets the whole seconds that bring its degree of saturation to the
-    capacity rule's limit, on its longest stage, taken one second at a time from
+    Each group gets the whole seconds that bring its degree of saturation back to
+    the fallback's for that group (at least ``capacity_x_max``, at most the rule's
+    limit), on its longest stage, taken one second at a time from
     the stage with the most green above its minimum among the stages that serve
     no ``over`` group; the cycle stays.  None when the plan has no stage plan,
     the donors run out, or the result cannot be compiled.
@@ -1180,6 +1181,7 @@ def _capacity_repair(
     greens = np.array(plan.greens_s, dtype=float)
     mins = np.array(stage_min_greens(b.j, seq), dtype=float)
     limit = capacity_limit(b.fallback, b.demand, cfg.capacity_x_max, cfg.capacity_slack)
+    x_fallback = degrees_of_saturation(b.fallback, b.demand)
     have = stage_green_times(program)
     donors = [i for i, st in enumerate(seq) if not set(over) & set(b.j.stage(st).groups)]
     for gid in over:
@@ -1187,7 +1189,11 @@ def _capacity_repair(
         k = _stage_of(b.j, seq, gid, greens)
         if k is None:
             return None
-        need = math.ceil(d.arrivals * program.cycle_s / (d.saturation_veh_h * limit))
+        # Back to the fallback's degree of saturation for this group (x_max at least, the
+        # limit at most): repairing only up to the limit would leave every repaired plan
+        # starving the group as far as the rule allows.
+        target = min(limit, max(cfg.capacity_x_max, x_fallback.get(gid, 0.0)))
+        need = math.ceil(d.arrivals * program.cycle_s / (d.saturation_veh_h * target))
         for _ in range(max(0, need - have.get(gid, 0))):
             spare = {i: greens[i] - mins[i] for i in donors if greens[i] - mins[i] >= 1.0}
             if not spare:
