@@ -258,8 +258,12 @@ def over_capacity(
     Groups a program does not serve at all are not counted: leaving a stage out
     is the stage-skipping rule's decision (only without demand), for one lease.
     """
-    limit = capacity_limit(fallback, demand, x_max, slack) + 1e-9
-    return tuple(g for g, x in _served_x(program, demand).items() if x > limit)
+    return tuple(_over(program, demand, capacity_limit(fallback, demand, x_max, slack)))
+
+
+def _over(program: SignalProgram, demand: Mapping[str, Demand], limit: float) -> dict[str, float]:
+    """Served groups above ``limit`` with their degree of saturation."""
+    return {g: x for g, x in _served_x(program, demand).items() if x > limit + 1e-9}
 
 
 def capacity_limit(
@@ -292,12 +296,11 @@ def capacity_check(
     if config.capacity_x_max is None or running.id == fallback.id:
         return None
     demand = group_demand(junction, estimate, running, config)
-    groups = over_capacity(running, fallback, demand, config.capacity_x_max,
-                           config.capacity_slack)
-    if not groups:
+    limit = capacity_limit(fallback, demand, config.capacity_x_max, config.capacity_slack)
+    over = _over(running, demand, limit)
+    if not over:
         return None
-    x = degrees_of_saturation(running, demand)
-    worst = ", ".join(f"{g} x = {x[g]:.2f}" for g in groups)
+    worst = ", ".join(f"{g} x = {x:.2f}" for g, x in over.items())
     return (f"over capacity ({worst}; limit {config.capacity_x_max:.2f} or "
             f"{config.capacity_slack:.2f} x the fallback's worst)")
 
@@ -1120,6 +1123,11 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
     plans_seen: set[StagePlan] = set()
     tried: set[tuple[object, ...]] = set()
     out: list[Candidate] = []
+    # The capacity rule's yardstick, the fallback under this demand, once per call.
+    limit: float | None = None
+    if config.capacity_x_max is not None:
+        limit = capacity_limit(fallback, b.demand, config.capacity_x_max, config.capacity_slack)
+        x_fallback = degrees_of_saturation(fallback, b.demand)
     for label, entry in pool:
         if len(out) >= config.n_candidates:
             break
@@ -1142,27 +1150,28 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
         if prog.cycle_s > c_max or validate(junction, prog, previous=running):
             continue
         name = label
-        if config.capacity_x_max is not None and prog is not fallback:
-            over = over_capacity(prog, fallback, b.demand, config.capacity_x_max,
-                                 config.capacity_slack)
-            if over:
-                # Repaired: the same plan with the starved groups' stages given the green
-                # the rule asks for, taken from the other stages (keeps the set diverse).
-                repaired = _capacity_repair(b, prog, over)
-                if repaired is None or _key(repaired) in tried or _key(repaired) == running_key:
-                    continue
-                prog, name = repaired, f"{label}+capacity"
-                tried.add(_key(prog))
-                if validate(junction, prog, previous=running) or over_capacity(
-                    prog, fallback, b.demand, config.capacity_x_max, config.capacity_slack
-                ):
-                    continue
+        over = _over(prog, b.demand, limit) if limit is not None and prog is not fallback else {}
+        if over:
+            assert limit is not None
+            # Repaired: the same plan with the starved groups' stages given the green
+            # the rule asks for, taken from the other stages (keeps the set diverse).
+            repaired = _capacity_repair(b, prog, tuple(over), limit, x_fallback)
+            if repaired is None or _key(repaired) in tried or _key(repaired) == running_key:
+                continue
+            prog, name = repaired, f"{label}+capacity"
+            tried.add(_key(prog))
+            if validate(junction, prog, previous=running) or _over(prog, b.demand, limit):
+                continue
         out.append(Candidate(prog, name, analytic_delay_s(junction, prog, b.demand, config)))
     return out
 
 
 def _capacity_repair(
-    b: _Builder, program: SignalProgram, over: Sequence[str]
+    b: _Builder,
+    program: SignalProgram,
+    over: Sequence[str],
+    limit: float,
+    x_fallback: Mapping[str, float],
 ) -> SignalProgram | None:
     """``program`` with green moved to the stages of the ``over`` groups, or None.
 
@@ -1174,14 +1183,12 @@ def _capacity_repair(
     the donors run out, or the result cannot be compiled.
     """
     plan = program.stage_plan
-    cfg = b.cfg
-    if plan is None or cfg.capacity_x_max is None:
+    x_max = b.cfg.capacity_x_max
+    if plan is None or x_max is None:
         return None
     seq = plan.sequence
     greens = np.array(plan.greens_s, dtype=float)
     mins = np.array(stage_min_greens(b.j, seq), dtype=float)
-    limit = capacity_limit(b.fallback, b.demand, cfg.capacity_x_max, cfg.capacity_slack)
-    x_fallback = degrees_of_saturation(b.fallback, b.demand)
     have = stage_green_times(program)
     donors = [i for i, st in enumerate(seq) if not set(over) & set(b.j.stage(st).groups)]
     for gid in over:
@@ -1192,7 +1199,7 @@ def _capacity_repair(
         # Back to the fallback's degree of saturation for this group (x_max at least, the
         # limit at most): repairing only up to the limit would leave every repaired plan
         # starving the group as far as the rule allows.
-        target = min(limit, max(cfg.capacity_x_max, x_fallback.get(gid, 0.0)))
+        target = min(limit, max(x_max, x_fallback.get(gid, 0.0)))
         need = math.ceil(d.arrivals * program.cycle_s / (d.saturation_veh_h * target))
         for _ in range(max(0, need - have.get(gid, 0))):
             spare = {i: greens[i] - mins[i] for i in donors if greens[i] - mins[i] >= 1.0}
