@@ -38,7 +38,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from controller.estimator import Estimate, Estimator, EstimatorConfig, green_from_state, hcm_delay_s
+from controller.estimator import (
+    Estimate,
+    Estimator,
+    EstimatorConfig,
+    PocketSpill,
+    green_from_state,
+    hcm_delay_s,
+)
 from controller.health import Degradation, HealthConfig, HealthMonitor, assess
 from controller.messages import (
     AckStatus,
@@ -158,11 +165,13 @@ class DetectorPerception:
         estimator: EstimatorConfig | None = None,
         lanes_per_group: Mapping[str, int] | None = None,
         turns: Mapping[str, str] | None = None,
+        pockets: Sequence[PocketSpill] = (),
     ) -> None:
         self.junction = junction
         self.detectors = tuple(detectors)
         self.monitor = HealthMonitor(self.detectors, health)
-        self.estimator = Estimator(self.detectors, lanes_per_group, estimator, turns)
+        self.estimator = Estimator(
+            self.detectors, lanes_per_group, estimator, turns, pockets=pockets)
         self.snapshots = snapshots
         self.fault_transitions = 0
 

@@ -132,6 +132,49 @@ def turn_factor(label: str, config: EstimatorConfig | None = None) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class PocketSpill:
+    """A turning pocket whose overflow waits on the lane that feeds it.
+
+    Rückstau aus dem Abbiegestreifen: once the pocket is full, its turners stop
+    at the pocket's entry on the feeding lane.  A queue sensor that spans that
+    lane and the through lane beside the pocket reports their jam as its own
+    queue length, as if through traffic stood at the stop line.  The parallel
+    through lane's sensor (``reference``) shows what the through queue really
+    is; the rest of the feeder's jam is the pocket's.
+    """
+
+    #: Queue sensor on the pocket lane.
+    pocket: str
+    #: Queue sensor whose upstream lane feeds the pocket (and whose last lane runs beside it).
+    feeder: str
+    #: Queue sensor of a parallel lane serving the feeder's groups.
+    reference: str
+    #: Pocket length, stop line to the split (metres).
+    pocket_m: float
+
+
+def pocket_overflow_m(
+    spills: Sequence[PocketSpill], queue_m: Mapping[str, float], car_m: float
+) -> dict[str, tuple[float, float]]:
+    """Feeder sensor -> (through queue, pocket overflow), metres, where a pocket spills.
+
+    Applies where the pocket reports full (within one car of its length) and its
+    feeder's jam is more than one car longer than the parallel through lane's: the
+    through lane beside the pocket queues like its neighbour (both see the same
+    red), the rest of the feeder's jam is the pocket's overflow.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for p in spills:
+        if not {p.pocket, p.feeder, p.reference} <= queue_m.keys():
+            continue  # without all three readings the jam cannot be placed
+        pocket, feeder, through = queue_m[p.pocket], queue_m[p.feeder], queue_m[p.reference]
+        if pocket < p.pocket_m - car_m or feeder <= through + car_m:
+            continue
+        out[p.feeder] = (through, feeder - through)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class GroupEstimate:
     """Estimated state of one signal group's movement (Verkehrsstrom)."""
 
@@ -355,6 +398,8 @@ class Estimator:
         lanes_per_group: Mapping[str, int] | None = None,
         config: EstimatorConfig | None = None,
         turns: Mapping[str, str] | None = None,
+        *,
+        pockets: Sequence[PocketSpill] = (),
     ) -> None:
         self.config = cfg = config or EstimatorConfig()
         self._dets: dict[str, _Det] = {}
@@ -362,6 +407,14 @@ class Estimator:
             if info.id in self._dets:
                 raise ValueError(f"duplicate detector id {info.id}")
             self._dets[info.id] = _Det(info)
+        for p in pockets:
+            for sensor in (p.pocket, p.feeder, p.reference):
+                det = self._dets.get(sensor)
+                if det is None or det.info.kind is not DetectorKind.QUEUE:
+                    raise ValueError(f"pocket {p.pocket}: {sensor} is not a queue sensor")
+        self._pockets = tuple(pockets)
+        self._feeder_of = {p.pocket: p.feeder for p in pockets}
+        self._fresh: tuple[float, dict[str, float]] | None = None
         group_ids: list[str] = []
         for info in detectors:
             group_ids += [g for g in info.groups if g not in group_ids]
@@ -837,18 +890,42 @@ class Estimator:
         q = gs.n - self._moving(gs)
         return q if q > 0.0 else 0.0
 
+    def _fresh_queue_m(self, now: float) -> dict[str, float]:
+        """Jam length of every healthy queue sensor with a fresh reading (cached per second)."""
+        if self._fresh is not None and self._fresh[0] == now:
+            return self._fresh[1]
+        out = {
+            d.info.id: d.queue_m
+            for d in self._dets.values()
+            if d.info.kind is DetectorKind.QUEUE and d.info.id not in self._faulty
+            and d.queue_m is not None and d.last_ts is not None
+            and now - d.last_ts <= 2.0 * d.info.report_period_s
+        }
+        self._fresh = (now, out)
+        return out
+
     def _radar_veh(self, gs: _Group, now: float) -> float | None:
-        """Queued vehicles according to the healthy queue sensors, or None."""
+        """Queued vehicles according to the healthy queue sensors, or None.
+
+        A full pocket's overflow (``pockets``) counts for the pocket's groups, not for
+        the groups of the sensor on the lane it stands on.
+        """
         if gs.w_queue <= 0:
             return None
+        fresh = self._fresh_queue_m(now)
+        spilled = pocket_overflow_m(self._pockets, fresh, self.config.jam_spacing_m)
         total = 0.0
         seen = False
         for d in self._members[gs.id][DetectorKind.QUEUE]:
-            if d.info.id in self._faulty or d.queue_m is None or d.last_ts is None:
+            queue_m = fresh.get(d.info.id)
+            if queue_m is None:
                 continue
-            if now - d.last_ts > 2.0 * d.info.report_period_s:
-                continue
-            total += d.queue_m * d.lanes * d.share / self.config.jam_spacing_m
+            feeder = self._feeder_of.get(d.info.id, "")
+            if d.info.id in spilled:
+                queue_m = spilled[d.info.id][0]
+            elif feeder in spilled:
+                queue_m += spilled[feeder][1]
+            total += queue_m * d.lanes * d.share / self.config.jam_spacing_m
             seen = True
         return total * gs.w_queue if seen else None
 

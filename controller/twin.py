@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.estimator import Estimate
+from controller.estimator import Estimate, PocketSpill, pocket_overflow_m
 from controller.messages import DetectorReading, HardwareState
 from controller.plans import SignalProgram, group_states
 from controller.signals import GroupKind, JunctionSignals, SignalState
@@ -98,28 +98,6 @@ class TwinQueueSensor:
 
     lanes: tuple[str, ...]
     groups: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TwinPocketSpill:
-    """A turning pocket whose overflow waits on the lane that feeds it.
-
-    Rückstau aus dem Abbiegestreifen: once the pocket is full, its turners stop
-    at the pocket's entry on the feeding lane.  A queue sensor that spans that
-    lane and the through lane beside the pocket reports their jam as its own
-    queue length, as if through traffic stood at the stop line.  The parallel
-    through lane's sensor (``reference``) shows what the through queue really
-    is; the rest of the feeder's jam is the pocket's.
-    """
-
-    #: Queue sensor on the pocket lane.
-    pocket: str
-    #: Queue sensor whose upstream lane feeds the pocket (and whose last lane runs beside it).
-    feeder: str
-    #: Queue sensor of a parallel lane serving the feeder's groups.
-    reference: str
-    #: Pocket length, stop line to the split (metres).
-    pocket_m: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +196,7 @@ class TwinConfig:
     #: Turning links that yield to a crossing's pedestrians (held while they walk).
     yields: tuple[TwinYield, ...] = ()
     #: Pockets whose overflow the twin places on the feeding lane as the pocket's turners.
-    pocket_spills: tuple[TwinPocketSpill, ...] = ()
+    pocket_spills: tuple[PocketSpill, ...] = ()
     #: Weight of ``pedestrian_flow_per_h`` against the push-button record, in seconds of
     #: red exposure (the arrival-rate estimate of ``SnapshotBuilder``).
     pedestrian_prior_s: float = 600.0
@@ -576,19 +554,12 @@ def pocket_spill_m(
 ) -> dict[str, tuple[float, float, tuple[str, ...]]]:
     """Feeder sensor -> (through queue, pocket overflow, pocket groups), metres.
 
-    Applies where a pocket reports full and its feeder's jam is longer than the
-    parallel through lane's: the through lane beside the pocket queues like its
-    neighbour (both see the same red), the rest is the pocket's overflow.
+    ``controller.estimator.pocket_overflow_m`` with the twin's car spacing (the
+    estimator books the same overflow to the pocket's groups).
     """
-    out: dict[str, tuple[float, float, tuple[str, ...]]] = {}
-    for p in cfg.pocket_spills:
-        pocket = queue_m.get(p.pocket, 0.0)
-        feeder = queue_m.get(p.feeder, 0.0)
-        through = queue_m.get(p.reference, 0.0)
-        if pocket < p.pocket_m - cfg.jam_spacing_m or feeder <= through + cfg.jam_spacing_m:
-            continue
-        out[p.feeder] = (through, feeder - through, cfg.queues[p.pocket].groups)
-    return out
+    groups = {p.feeder: cfg.queues[p.pocket].groups for p in cfg.pocket_spills}
+    found = pocket_overflow_m(cfg.pocket_spills, queue_m, cfg.jam_spacing_m)
+    return {f: (through, overflow, groups[f]) for f, (through, overflow) in found.items()}
 
 
 def _spaced(vehicles: Sequence[TwinVehicle], cfg: TwinConfig) -> list[TwinVehicle]:

@@ -56,6 +56,7 @@ from sim.drivers import DriverContext, register_driver
 from sim.flows import saturation_flow
 from sim.hardware import SignalController
 from sim.junction import JunctionModel
+from sim.twin_config import pocket_spills_from_model
 
 #: Twin horizon of scenario runs (evaluation.md: >= 300 s).
 TWIN_HORIZON_S = 300
@@ -135,6 +136,7 @@ def perception_for(model: JunctionModel, snapshots: SnapshotSource) -> DetectorP
             if g.is_vehicular
         },
         turns={g.id: g.label for g in model.signals.groups},
+        pockets=pocket_spills_from_model(model),
     )
 
 

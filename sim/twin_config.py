@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ConfigError
+from controller.estimator import PocketSpill
 from controller.messages import DetectorKind
 from controller.signals import GroupKind
 from controller.twin import (
@@ -26,7 +27,6 @@ from controller.twin import (
     TwinConfig,
     TwinLane,
     TwinLoop,
-    TwinPocketSpill,
     TwinQueueSensor,
     TwinRoute,
     TwinYield,
@@ -117,7 +117,7 @@ def _pocket_spills(
     queues: Mapping[str, TwinQueueSensor],
     successors: Mapping[str, list[str]],
     lanes: Mapping[str, TwinLane],
-) -> tuple[TwinPocketSpill, ...]:
+) -> tuple[PocketSpill, ...]:
     """Pockets whose feeding lane a queue sensor covers, with a parallel reference sensor.
 
     A pocket sensor covers one lane; its feeder is the sensor whose upstream lane
@@ -125,7 +125,7 @@ def _pocket_spills(
     groups (the through lane beside it).  Approaches without a parallel lane (one
     lane before the pocket) have no reference and get no spill rule.
     """
-    out: list[TwinPocketSpill] = []
+    out: list[PocketSpill] = []
     for pid, pocket in queues.items():
         if len(pocket.lanes) != 1:
             continue
@@ -140,8 +140,31 @@ def _pocket_spills(
                 if rid not in (pid, fid) and set(r.groups) == set(feeder.groups)
             )
             if refs:
-                out.append(TwinPocketSpill(pid, fid, refs[0], lanes[lane].length_m))
+                out.append(PocketSpill(pid, fid, refs[0], lanes[lane].length_m))
     return tuple(out)
+
+
+def pocket_spills_from_model(model: JunctionModel) -> tuple[PocketSpill, ...]:
+    """The junction's pockets whose overflow a parallel lane's queue sensor exposes.
+
+    The same rule for the twin (``TwinConfig.pocket_spills``) and the estimator
+    (``Estimator(pockets=...)``): both must book a full pocket's overflow to the
+    pocket's turners.
+    """
+    vehicle_groups = {
+        g.id for g in model.signals.groups
+        if g.kind in (GroupKind.VEHICLE, GroupKind.BUS)
+        and any("passenger" in model.links[i].vclasses and model.links[i].crossing is None
+                for i in g.links)
+    }
+    lanes = _lanes(model.net_file)
+    queues = {
+        d.id: TwinQueueSensor(tuple(d.lanes), groups)
+        for d in model.detectors
+        if d.kind is DetectorKind.QUEUE and d.lanes and all(ln in lanes for ln in d.lanes)
+        and (groups := tuple(g for g in d.groups if g in vehicle_groups))
+    }
+    return _pocket_spills(queues, _lane_successors(model.net_file), lanes)
 
 
 def _upstream_lane_routes(

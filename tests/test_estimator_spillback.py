@@ -134,3 +134,30 @@ def test_without_spillback_nothing_changes() -> None:
     e = est.estimate(1800.0).groups["v1"]
     assert e.flow_veh_h == pytest.approx(naive_rate(f.loop_counts, 300.0), rel=0.02)
     assert max(e.carryover_veh) < 2.0
+
+
+def test_a_hold_fades_when_the_movement_clears_its_queue_under_a_foreign_jam() -> None:
+    """The radar reports a jam over the loop that is not this movement's (a full pocket's
+    overflow on the shared lane): the loop still counts the arrivals, the movement clears its
+    queue every cycle.  Demand falls from 720 to 300 veh/h while the flag stays set; the flow
+    held at the onset must not stay (asymmetric turning, seed 3: K1 held at 603 veh/h for an
+    hour against 430 true)."""
+    est = Estimator(DETS, config=EstimatorConfig())
+    acc = 0.0
+    waiting = 0
+    for t in range(3600):
+        acc += (720.0 if t < 900 else 300.0) / 3600.0
+        arrive = int(acc)
+        acc -= arrive
+        waiting += arrive
+        green = t % CYCLE < 30  # 900 veh/h of capacity
+        dep = min(waiting, 1) if green and t % 2 == 0 else 0
+        waiting -= dep
+        seq = t + 1
+        est.observe(DetectorReading("up", float(t), seq, arrive, 0.2 * arrive))
+        est.observe(DetectorReading("sl", float(t), seq, dep, 0.5 * dep))
+        est.observe(DetectorReading("q", float(t), seq, queue_m=120.0))
+        est.observe_signals(float(t), {"v1": green})
+    e = est.estimate(3599.0).groups["v1"]
+    assert e.spillback
+    assert e.flow_veh_h == pytest.approx(300.0, rel=0.2)

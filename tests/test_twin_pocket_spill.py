@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from _twin_helpers import module_worker
 
+from controller.estimator import PocketSpill
 from controller.messages import DetectorReading
 from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.twin import (
     SnapshotBuilder,
     SumoTwin,
     TwinConfig,
-    TwinPocketSpill,
     TwinSnapshot,
     _Worker,
     pocket_spill_m,
@@ -44,8 +44,8 @@ N_IN_3 = CFG.lanes["N_in_3"].length_m
 
 def test_the_north_and_south_pockets_have_a_spill_rule_and_single_lane_arms_none() -> None:
     assert set(CFG.pocket_spills) == {
-        TwinPocketSpill("N3_q", "N2_q", "N1_q", 57.5),
-        TwinPocketSpill("S3_q", "S2_q", "S1_q", 55.75),
+        PocketSpill("N3_q", "N2_q", "N1_q", 57.5),
+        PocketSpill("S3_q", "S2_q", "S1_q", 55.75),
     }
 
 

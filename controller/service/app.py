@@ -253,6 +253,8 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
     else:
         inner = AnalyticEvaluator(model.signals)
         snapshots = EstimateSnapshots()
+    from sim.twin_config import pocket_spills_from_model
+
     perception = DetectorPerception(
         model.signals, model.detectors, snapshots,
         lanes_per_group={
@@ -260,6 +262,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
             for g in model.signals.groups if g.is_vehicular
         },
         turns={g.id: g.label for g in model.signals.groups},
+        pockets=pocket_spills_from_model(model),
     )
     c = cfg.controller
     try:
