@@ -140,37 +140,53 @@ class PocketSpill:
     lane and the through lane beside the pocket reports their jam as its own
     queue length, as if through traffic stood at the stop line.  The parallel
     through lane's sensor (``reference``) shows what the through queue really
-    is; the rest of the feeder's jam is the pocket's.
+    is; the rest of the feeder's jam is the pocket's.  An arm with one lane
+    before the pocket has no parallel lane (``reference`` empty): there the jam
+    beyond the pocket's entry is mixed, and only the pocket groups' share of the
+    arm's flow is theirs.
     """
 
     #: Queue sensor on the pocket lane.
     pocket: str
     #: Queue sensor whose upstream lane feeds the pocket (and whose last lane runs beside it).
     feeder: str
-    #: Queue sensor of a parallel lane serving the feeder's groups.
+    #: Queue sensor of a parallel lane serving the feeder's groups ("" on a one-lane arm).
     reference: str
     #: Pocket length, stop line to the split (metres).
     pocket_m: float
 
 
 def pocket_overflow_m(
-    spills: Sequence[PocketSpill], queue_m: Mapping[str, float], car_m: float
+    spills: Sequence[PocketSpill],
+    queue_m: Mapping[str, float],
+    car_m: float,
+    pocket_share: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Feeder sensor -> (through queue, pocket overflow), metres, where a pocket spills.
 
-    Applies where the pocket reports full (within one car of its length) and its
-    feeder's jam is more than one car longer than the parallel through lane's: the
-    through lane beside the pocket queues like its neighbour (both see the same
-    red), the rest of the feeder's jam is the pocket's overflow.
+    With a parallel lane: where the pocket reports full (within one car of its
+    length) and the feeder's jam is more than one car longer than the parallel
+    lane's, the through lane beside the pocket queues like its neighbour (both see
+    the same red) and the rest of the feeder's jam is the pocket's overflow.  On a
+    one-lane arm: where the feeder's jam reaches more than one car past the
+    pocket's entry, ``pocket_share[pocket]`` of that part is the pocket's (without a
+    share the arm is skipped).  The pocket need not be full there: turners behind
+    a through queue that reaches past the entry cannot get into it either.
     """
     out: dict[str, tuple[float, float]] = {}
     for p in spills:
-        if not {p.pocket, p.feeder, p.reference} <= queue_m.keys():
-            continue  # without all three readings the jam cannot be placed
-        pocket, feeder, through = queue_m[p.pocket], queue_m[p.feeder], queue_m[p.reference]
-        if pocket < p.pocket_m - car_m or feeder <= through + car_m:
-            continue
-        out[p.feeder] = (through, feeder - through)
+        needed = {p.pocket, p.feeder, p.reference} - {""}
+        if not needed <= queue_m.keys():
+            continue  # without every reading the jam cannot be placed
+        feeder = queue_m[p.feeder]
+        if p.reference:
+            through = queue_m[p.reference]
+            if queue_m[p.pocket] >= p.pocket_m - car_m and feeder > through + car_m:
+                out[p.feeder] = (through, feeder - through)
+        elif pocket_share is not None and p.pocket in pocket_share:
+            if feeder > p.pocket_m + car_m:
+                over = pocket_share[p.pocket] * (feeder - p.pocket_m)
+                out[p.feeder] = (feeder - over, over)
     return out
 
 
@@ -408,7 +424,7 @@ class Estimator:
                 raise ValueError(f"duplicate detector id {info.id}")
             self._dets[info.id] = _Det(info)
         for p in pockets:
-            for sensor in (p.pocket, p.feeder, p.reference):
+            for sensor in (p.pocket, p.feeder, p.reference or p.feeder):
                 det = self._dets.get(sensor)
                 if det is None or det.info.kind is not DetectorKind.QUEUE:
                     raise ValueError(f"pocket {p.pocket}: {sensor} is not a queue sensor")
@@ -904,6 +920,20 @@ class Estimator:
         self._fresh = (now, out)
         return out
 
+    def _pocket_shares(self) -> dict[str, float]:
+        """Per pocket sensor, its groups' share of the flow of its and its feeder's groups."""
+        out: dict[str, float] = {}
+        for p in self._pockets:
+            if p.reference:
+                continue
+            turning = {g: self._groups[g].flow for g in self._dets[p.pocket].info.groups}
+            arm = dict(turning)
+            arm.update({g: self._groups[g].flow for g in self._dets[p.feeder].info.groups})
+            total = sum(arm.values())
+            if total > 0.0:
+                out[p.pocket] = sum(turning.values()) / total
+        return out
+
     def _radar_veh(self, gs: _Group, now: float) -> float | None:
         """Queued vehicles according to the healthy queue sensors, or None.
 
@@ -913,7 +943,8 @@ class Estimator:
         if gs.w_queue <= 0:
             return None
         fresh = self._fresh_queue_m(now)
-        spilled = pocket_overflow_m(self._pockets, fresh, self.config.jam_spacing_m)
+        spilled = pocket_overflow_m(
+            self._pockets, fresh, self.config.jam_spacing_m, self._pocket_shares())
         total = 0.0
         seen = False
         for d in self._members[gs.id][DetectorKind.QUEUE]:

@@ -117,13 +117,16 @@ def _pocket_spills(
     queues: Mapping[str, TwinQueueSensor],
     successors: Mapping[str, list[str]],
     lanes: Mapping[str, TwinLane],
+    *,
+    one_lane: bool = False,
 ) -> tuple[PocketSpill, ...]:
     """Pockets whose feeding lane a queue sensor covers, with a parallel reference sensor.
 
     A pocket sensor covers one lane; its feeder is the sensor whose upstream lane
     continues into that pocket; the reference is another sensor of the feeder's
     groups (the through lane beside it).  Approaches without a parallel lane (one
-    lane before the pocket) have no reference and get no spill rule.
+    lane before the pocket) have no reference: they get a rule (``reference`` "")
+    only with ``one_lane`` (the estimator's; the twin draws that jam mixed).
     """
     out: list[PocketSpill] = []
     for pid, pocket in queues.items():
@@ -139,17 +142,19 @@ def _pocket_spills(
                 rid for rid, r in queues.items()
                 if rid not in (pid, fid) and set(r.groups) == set(feeder.groups)
             )
-            if refs:
-                out.append(PocketSpill(pid, fid, refs[0], lanes[lane].length_m))
+            if refs or one_lane:
+                ref = refs[0] if refs else ""
+                out.append(PocketSpill(pid, fid, ref, lanes[lane].length_m))
     return tuple(out)
 
 
 def pocket_spills_from_model(model: JunctionModel) -> tuple[PocketSpill, ...]:
-    """The junction's pockets whose overflow a parallel lane's queue sensor exposes.
+    """The junction's pockets whose overflow the estimator re-books (``Estimator(pockets=)``).
 
-    The same rule for the twin (``TwinConfig.pocket_spills``) and the estimator
-    (``Estimator(pockets=...)``): both must book a full pocket's overflow to the
-    pocket's turners.
+    Those with a parallel lane are the twin's (``TwinConfig.pocket_spills``): both
+    book a full pocket's overflow to the pocket's turners.  One-lane arms come with
+    ``reference`` "": the twin draws their jam mixed by its turning ratios, the
+    estimator books the pocket groups' share of the arm's flow to them.
     """
     vehicle_groups = {
         g.id for g in model.signals.groups
@@ -164,7 +169,7 @@ def pocket_spills_from_model(model: JunctionModel) -> tuple[PocketSpill, ...]:
         if d.kind is DetectorKind.QUEUE and d.lanes and all(ln in lanes for ln in d.lanes)
         and (groups := tuple(g for g in d.groups if g in vehicle_groups))
     }
-    return _pocket_spills(queues, _lane_successors(model.net_file), lanes)
+    return _pocket_spills(queues, _lane_successors(model.net_file), lanes, one_lane=True)
 
 
 def _upstream_lane_routes(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.estimator import Estimator, PocketSpill, pocket_overflow_m
+from controller.estimator import Estimator, EstimatorConfig, PocketSpill, pocket_overflow_m
 from controller.messages import DetectorInfo, DetectorKind, DetectorReading
 from sim.junction import load_junction
 from sim.twin_config import pocket_spills_from_model, twin_config_from_model
@@ -75,9 +75,54 @@ def test_a_pocket_naming_an_unknown_sensor_is_a_config_error() -> None:
         Estimator(DETS, pockets=(PocketSpill("N9_q", "feeder", "reference", 56.0),))
 
 
+ONE_LANE = PocketSpill("pocket", "feeder", "", 52.5)
+ARM = [
+    DetectorInfo("pocket", DetectorKind.QUEUE, "W", ("W_app_3",), ("L",)),
+    DetectorInfo("feeder", DetectorKind.QUEUE, "W", ("W_in_2", "W_app_2"), ("T",)),
+    # One upstream loop for both groups: the flows it gives them set the mix of the jam.
+    DetectorInfo("up", DetectorKind.UPSTREAM, "W", ("W_in_2",), ("L", "T"), 100.0),
+]
+
+
+def one_lane_queues(feeder_m: float, *, pockets: bool) -> dict[str, float]:
+    est = Estimator(ARM, pockets=(ONE_LANE,) if pockets else (),
+                    config=EstimatorConfig(pool_upstream_by_departures=False))
+    for t in range(120):
+        est.observe(DetectorReading("pocket", float(t), t + 1, queue_m=20.0))
+        est.observe(DetectorReading("feeder", float(t), t + 1, queue_m=feeder_m))
+        est.observe(DetectorReading("up", float(t), t + 1, count=1 if t % 6 == 0 else 0))
+        est.observe_signals(float(t), {"L": False, "T": False})
+    e = est.estimate(119.0)
+    return {g: e.groups[g].queue_veh for g in ("L", "T")}
+
+
+def test_on_a_one_lane_arm_the_jam_past_the_pocket_entry_is_shared_by_flow() -> None:
+    # 122.5 m of jam on the through lane and the lane before the split: 70 m lie past the
+    # pocket's entry, where left turners wait among the through traffic (even with room in
+    # the pocket: they cannot pass the through queue to reach it).
+    plain = one_lane_queues(122.5, pockets=False)
+    shared = one_lane_queues(122.5, pockets=True)
+    # The loop counts for both groups, split evenly: half the mixed jam is the left turners'.
+    moved = 0.5 * 70.0 / JAM_M
+    assert shared["L"] == pytest.approx(plain["L"] + moved, abs=0.3)
+    assert shared["T"] == pytest.approx(plain["T"] - moved, abs=0.3)
+    # A jam that ends before the entry (plus one car) stays the through group's.
+    assert one_lane_queues(58.0, pockets=True) == pytest.approx(
+        one_lane_queues(58.0, pockets=False))
+
+
 def test_the_estimator_and_the_twin_find_the_same_pockets() -> None:
     model = load_junction("scenarios/schlosskreuzung")
     found = pocket_spills_from_model(model)
     assert {(p.pocket, p.feeder, p.reference) for p in found} == {
-        ("N3_q", "N2_q", "N1_q"), ("S3_q", "S2_q", "S1_q")}
-    assert found == twin_config_from_model(model).pocket_spills
+        ("N3_q", "N2_q", "N1_q"), ("S3_q", "S2_q", "S1_q"),
+        ("W2_q", "W1_q", ""), ("E2_q", "E1_q", "")}
+    # The twin draws the one-lane arms' jam mixed by itself; the rest is the same rule.
+    assert tuple(p for p in found if p.reference) == twin_config_from_model(model).pocket_spills
+
+
+def test_the_one_lane_rule_itself() -> None:
+    jams = {"pocket": 0.0, "feeder": 122.5}
+    assert pocket_overflow_m([ONE_LANE], jams, JAM_M, {"pocket": 0.25}) == {
+        "feeder": (105.0, 17.5)}
+    assert pocket_overflow_m([ONE_LANE], jams, JAM_M) == {}  # no flow share, no rule
