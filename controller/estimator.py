@@ -183,10 +183,9 @@ def pocket_overflow_m(
             through = queue_m[p.reference]
             if queue_m[p.pocket] >= p.pocket_m - car_m and feeder > through + car_m:
                 out[p.feeder] = (through, feeder - through)
-        elif pocket_share is not None and p.pocket in pocket_share:
-            if feeder > p.pocket_m + car_m:
-                over = pocket_share[p.pocket] * (feeder - p.pocket_m)
-                out[p.feeder] = (feeder - over, over)
+        elif pocket_share and p.pocket in pocket_share and feeder > p.pocket_m + car_m:
+            over = pocket_share[p.pocket] * (feeder - p.pocket_m)
+            out[p.feeder] = (feeder - over, over)
     return out
 
 
