@@ -429,7 +429,6 @@ class Estimator:
                     raise ValueError(f"pocket {p.pocket}: {sensor} is not a queue sensor")
         self._pockets = tuple(pockets)
         self._feeder_of = {p.pocket: p.feeder for p in pockets}
-        self._fresh: tuple[float, dict[str, float]] | None = None
         group_ids: list[str] = []
         for info in detectors:
             group_ids += [g for g in info.groups if g not in group_ids]
@@ -679,7 +678,7 @@ class Estimator:
     def _advance(self, now: float) -> None:
         if self._t is None:
             self._t = now
-            self._update_spillback(now)
+            self._update_spillback(now, self._fresh_queue_m(now))
             for gs in self._groups.values():
                 gs.flow = self._flow(gs, now)[0]
             return
@@ -690,7 +689,8 @@ class Estimator:
         cfg = self.config
         k_radar = 1.0 - math.exp(-dt / cfg.radar_time_constant_s)
         k_share = 1.0 - math.exp(-dt / cfg.flow_time_constant_s)
-        self._update_spillback(now)
+        fresh = self._fresh_queue_m(now)
+        self._update_spillback(now, fresh)
         for gs in self._groups.values():
             if gs.hold > 0.0 and self._spilled(gs, now) and self._leaves_green_unused(gs):
                 gs.hold -= k_share * gs.hold
@@ -703,7 +703,7 @@ class Estimator:
                 n -= self._saturation(gs) * dt
                 gs.deps += self._saturation(gs) * dt
             moving = self._moving(gs)
-            target = self._radar_veh(gs, now)
+            target = self._radar_veh(gs, fresh)
             if target is not None:
                 n += k_radar * (target + moving - n)
             elif gs.green and not gs.fluid_out and self._gap(gs, now):
@@ -772,23 +772,20 @@ class Estimator:
             return 0.0
         return max(0.0, (d1 - d0 + q1 - q0) / (t1 - t0))
 
-    def _update_spillback(self, now: float) -> None:
-        """Flag groups whose upstream loop is covered by a queue (radar reading only)."""
+    def _update_spillback(self, now: float, fresh: Mapping[str, float]) -> None:
+        """Flag groups whose upstream loop is covered by a queue (radar reading only).
+
+        ``fresh``: the jam lengths of the healthy queue sensors with a fresh reading.
+        """
         cfg = self.config
         for det in self._dets.values():
             if det.info.kind is not DetectorKind.UPSTREAM or det.info.id in self._faulty:
                 continue
             reach = det.info.distance_m - cfg.spillback_margin_m
-            covered = False
-            for g in det.info.groups:
-                for q in self._members[g][DetectorKind.QUEUE]:
-                    if (
-                        q.info.id not in self._faulty and q.queue_m is not None
-                        and q.last_ts is not None
-                        and now - q.last_ts <= 2.0 * q.info.report_period_s
-                        and q.queue_m >= reach
-                    ):
-                        covered = True
+            covered = any(
+                fresh.get(q.info.id, -math.inf) >= reach
+                for g in det.info.groups for q in self._members[g][DetectorKind.QUEUE]
+            )
             if not covered:
                 continue
             for g in det.info.groups:
@@ -906,18 +903,14 @@ class Estimator:
         return q if q > 0.0 else 0.0
 
     def _fresh_queue_m(self, now: float) -> dict[str, float]:
-        """Jam length of every healthy queue sensor with a fresh reading (cached per second)."""
-        if self._fresh is not None and self._fresh[0] == now:
-            return self._fresh[1]
-        out = {
+        """Jam length of every healthy queue sensor with a fresh reading."""
+        return {
             d.info.id: d.queue_m
             for d in self._dets.values()
             if d.info.kind is DetectorKind.QUEUE and d.info.id not in self._faulty
             and d.queue_m is not None and d.last_ts is not None
             and now - d.last_ts <= 2.0 * d.info.report_period_s
         }
-        self._fresh = (now, out)
-        return out
 
     def _pocket_shares(self) -> dict[str, float]:
         """Per pocket sensor, its groups' share of the flow of its and its feeder's groups."""
@@ -933,15 +926,14 @@ class Estimator:
                 out[p.pocket] = sum(turning.values()) / total
         return out
 
-    def _radar_veh(self, gs: _Group, now: float) -> float | None:
-        """Queued vehicles according to the healthy queue sensors, or None.
+    def _radar_veh(self, gs: _Group, fresh: Mapping[str, float]) -> float | None:
+        """Queued vehicles according to the healthy, fresh queue sensors, or None.
 
         A full pocket's overflow (``pockets``) counts for the pocket's groups, not for
         the groups of the sensor on the lane it stands on.
         """
         if gs.w_queue <= 0:
             return None
-        fresh = self._fresh_queue_m(now)
         spilled = pocket_overflow_m(
             self._pockets, fresh, self.config.jam_spacing_m, self._pocket_shares())
         total = 0.0

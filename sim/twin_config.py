@@ -163,13 +163,20 @@ def pocket_spills_from_model(model: JunctionModel) -> tuple[PocketSpill, ...]:
                 for i in g.links)
     }
     lanes = _lanes(model.net_file)
-    queues = {
+    queues = _queue_sensors(model, lanes, vehicle_groups)
+    return _pocket_spills(queues, _lane_successors(model.net_file), lanes, one_lane=True)
+
+
+def _queue_sensors(
+    model: JunctionModel, lanes: Mapping[str, TwinLane], vehicle_groups: set[str]
+) -> dict[str, TwinQueueSensor]:
+    """The queue sensors on the network's lanes, with the vehicle groups they serve."""
+    return {
         d.id: TwinQueueSensor(tuple(d.lanes), groups)
         for d in model.detectors
         if d.kind is DetectorKind.QUEUE and d.lanes and all(ln in lanes for ln in d.lanes)
         and (groups := tuple(g for g in d.groups if g in vehicle_groups))
     }
-    return _pocket_spills(queues, _lane_successors(model.net_file), lanes, one_lane=True)
 
 
 def _upstream_lane_routes(
@@ -435,9 +442,9 @@ def twin_config_from_model(
 
     upstream: dict[str, TwinLoop] = {}
     bus_requests: dict[str, TwinLoop] = {}
-    queues: dict[str, TwinQueueSensor] = {}
     buttons: dict[str, tuple[str, ...]] = {}
     vehicle_groups = {r.group for r in routes.values()}
+    queues = _queue_sensors(model, lanes, vehicle_groups)
     for d in model.detectors:
         groups = tuple(g for g in d.groups if g in vehicle_groups)
         if d.kind in (DetectorKind.UPSTREAM, DetectorKind.BUS_REQUEST):
@@ -446,9 +453,6 @@ def twin_config_from_model(
             pos = loop_pos.get(d.id, lanes[d.lanes[0]].length_m / 2)
             loop = TwinLoop(d.lanes[0], pos, d.distance_m, groups)
             (upstream if d.kind is DetectorKind.UPSTREAM else bus_requests)[d.id] = loop
-        elif d.kind is DetectorKind.QUEUE:
-            if d.lanes and all(ln in lanes for ln in d.lanes) and groups:
-                queues[d.id] = TwinQueueSensor(tuple(d.lanes), groups)
         elif d.kind is DetectorKind.PUSH_BUTTON:
             buttons[d.id] = tuple(d.groups)
 
