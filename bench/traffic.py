@@ -5,7 +5,10 @@ delay_based, max-pressure, adaptive and oracle on the same seeds, in parallel
 (``sim.batch.run_batch``), then prints per scenario the mean vehicle and
 person delay of each controller with a 95 % confidence interval over the
 seeds, and the paired ratios adaptive/fixed and adaptive/actuated (per seed,
-then the mean and its 95 % CI: < 1 means adaptive is better).  Writes
+then the mean and its 95 % CI: < 1 means adaptive is better).  A second table
+per scenario, "delay incl. insertion", adds the time vehicles waited to enter
+the network (``insertion_delay_s``, which ``timeLoss`` does not see) and gives
+the same paired ratios on that total (``total_vehicle_delay_s``).  Writes
 ``kpis.json``, ``summary.json`` and the HTML report (``sim.report``) into
 ``--out``.  Asserts nothing; evaluation.md asks for >= 5 seeds for headline
 numbers.
@@ -89,6 +92,30 @@ def paired_ratios(
     return out
 
 
+def _ci(runs: Sequence[RunKpis], attr: str) -> tuple[float, float] | None:
+    """:func:`ci95` of ``attr`` over the runs that have it."""
+    return ci95([float(v) for r in runs if (v := getattr(r, attr)) is not None])
+
+
+def _ratio_lines(
+    by_ctrl: dict[str, list[RunKpis]], labelled: Sequence[tuple[str, str]]
+) -> list[str]:
+    """The paired adaptive/fixed and adaptive/actuated ratios of ``(label, attr)``."""
+    lines: list[str] = []
+    adaptive = by_ctrl.get("adaptive", [])
+    for base_name in ("fixed", "actuated"):
+        base = by_ctrl.get(base_name, [])
+        if not adaptive or not base:
+            continue
+        parts = [
+            f"{label} {_fmt(ci95(paired_ratios(adaptive, base, attr)))}"
+            for label, attr in labelled
+        ]
+        lines.append(f"  adaptive/{base_name:<9} " + ", ".join(parts)
+                     + "  (paired per seed; < 1 = better)")
+    return lines
+
+
 def summarise(records: Sequence[RunKpis]) -> dict[str, object]:
     """Per scenario and controller: means with CI; per scenario: the adaptive ratios."""
     out: dict[str, object] = {}
@@ -97,9 +124,9 @@ def summarise(records: Sequence[RunKpis]) -> dict[str, object]:
         for ctrl, runs in by_ctrl.items():
             row: dict[str, object] = {"seeds": [r.seed for r in runs]}
             for attr in ("vehicle_delay_s", "person_delay_s", "pedestrian_delay_s",
-                         "stops_per_vehicle", "throughput_veh_h", "co2_kg"):
-                vals = [float(v) for r in runs if (v := getattr(r, attr)) is not None]
-                row[attr] = _jsonable(ci95(vals))
+                         "stops_per_vehicle", "throughput_veh_h", "co2_kg",
+                         "insertion_delay_s", "total_vehicle_delay_s"):
+                row[attr] = _jsonable(_ci(runs, attr))
             row["teleports"] = sum(r.teleports for r in runs)
             row["collisions"] = sum(r.collisions for r in runs)
             rows[ctrl] = row
@@ -107,7 +134,7 @@ def summarise(records: Sequence[RunKpis]) -> dict[str, object]:
         adaptive = by_ctrl.get("adaptive", [])
         for base_name in ("fixed", "actuated"):
             base = by_ctrl.get(base_name, [])
-            for attr in ("vehicle_delay_s", "person_delay_s"):
+            for attr in ("vehicle_delay_s", "person_delay_s", "total_vehicle_delay_s"):
                 ratios[f"adaptive/{base_name} {attr}"] = _jsonable(
                     ci95(paired_ratios(adaptive, base, attr))
                 )
@@ -123,22 +150,24 @@ def print_tables(records: Sequence[RunKpis]) -> None:
               f"{'stops/veh':>16}{'teleports':>11}{'collisions':>11}")
         for ctrl, runs in by_ctrl.items():
             def col(attr: str, runs: Sequence[RunKpis] = runs) -> str:
-                return _fmt(ci95([float(v) for r in runs if (v := getattr(r, attr)) is not None]))
+                return _fmt(_ci(runs, attr))
 
             print(f"  {ctrl:<14}{col('vehicle_delay_s'):>20}{col('person_delay_s'):>20}"
                   f"{col('stops_per_vehicle'):>16}{sum(r.teleports for r in runs):>11}"
                   f"{sum(r.collisions for r in runs):>11}")
-        adaptive = by_ctrl.get("adaptive", [])
-        for base_name in ("fixed", "actuated"):
-            base = by_ctrl.get(base_name, [])
-            if not adaptive or not base:
-                continue
-            parts = [
-                f"{label} {_fmt(ci95(paired_ratios(adaptive, base, attr)))}"
-                for label, attr in (("vehicle", "vehicle_delay_s"), ("person", "person_delay_s"))
-            ]
-            print(f"  adaptive/{base_name:<9} " + ", ".join(parts)
-                  + "  (paired per seed; < 1 = better)")
+        for line in _ratio_lines(
+            by_ctrl, (("vehicle", "vehicle_delay_s"), ("person", "person_delay_s"))
+        ):
+            print(line)
+        print(f"\n  delay incl. insertion ({scenario}; vehicle delay + time waiting to enter)")
+        print(f"  {'controller':<14}{'vehicle delay s':>20}{'insertion s':>20}"
+              f"{'total delay s':>20}")
+        for ctrl, runs in by_ctrl.items():
+            print(f"  {ctrl:<14}{_fmt(_ci(runs, 'vehicle_delay_s')):>20}"
+                  f"{_fmt(_ci(runs, 'insertion_delay_s')):>20}"
+                  f"{_fmt(_ci(runs, 'total_vehicle_delay_s')):>20}")
+        for line in _ratio_lines(by_ctrl, (("total", "total_vehicle_delay_s"),)):
+            print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

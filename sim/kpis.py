@@ -171,6 +171,9 @@ class RunKpis:
     person_delay_s: float | None
     stops_per_vehicle: float | None
     insertion_delay_s: float | None
+    #: ``vehicle_delay_s + insertion_delay_s``, derived (not an argument): the
+    #: wait outside the network that ``timeLoss`` does not see.
+    total_vehicle_delay_s: float | None = field(init=False)
     queue_mean_m: dict[str, float]
     queue_p95_m: dict[str, float]
     queue_max_m: float | None
@@ -193,6 +196,19 @@ class RunKpis:
     wall_time_s: float = 0.0
     #: Per-mode trip counts behind the delays (so a mean of 2 trips is visible).
     trips_by_mode: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "total_vehicle_delay_s",
+            total_delay(self.vehicle_delay_s, self.insertion_delay_s),
+        )
+
+
+def total_delay(vehicle_delay_s: float | None, insertion_delay_s: float | None) -> float | None:
+    """Vehicle delay plus insertion delay; no insertion delay counts as 0, no delay is None."""
+    if vehicle_delay_s is None:
+        return None
+    return vehicle_delay_s + (insertion_delay_s or 0.0)
 
 
 # --------------------------------------------------------------------------- streaming XML
@@ -606,7 +622,11 @@ def write_kpis_json(records: Sequence[RunKpis], path: Path) -> None:
 
 
 def read_kpis_json(path: Path) -> list[RunKpis]:
-    """Read what :func:`write_kpis_json` wrote; unknown or missing keys are errors."""
+    """Read what :func:`write_kpis_json` wrote; unknown or missing keys are errors.
+
+    ``total_vehicle_delay_s`` is recomputed from its parts: files written before it
+    existed still load, and a stored value that disagrees is an error.
+    """
     path = Path(path)
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
@@ -617,9 +637,10 @@ def read_kpis_json(path: Path) -> list[RunKpis]:
     if not isinstance(data, list):
         raise ConfigError("expected a JSON list of KPI records", path)
     names = {f.name for f in fields(RunKpis)}
+    derived = {f.name for f in fields(RunKpis) if not f.init}
     required = {
         f.name for f in fields(RunKpis) if f.name not in ("wall_time_s", "trips_by_mode")
-    }
+    } - derived
     out: list[RunKpis] = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):
@@ -630,10 +651,20 @@ def read_kpis_json(path: Path) -> list[RunKpis]:
             raise ConfigError(
                 f"record {i}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}", path
             )
+        stored = {k: item.pop(k) for k in derived & set(item)}
         try:
-            out.append(RunKpis(**item))
+            rec = RunKpis(**item)
         except TypeError as exc:
             raise ConfigError(f"record {i}: {exc}", path) from exc
+        for name, value in stored.items():
+            mine = getattr(rec, name)
+            agrees = value is None if mine is None else (
+                isinstance(value, int | float)
+                and math.isclose(value, mine, rel_tol=1e-9, abs_tol=1e-9)
+            )
+            if not agrees:
+                raise ConfigError(f"record {i}: {name}={value!r}, its parts give {mine!r}", path)
+        out.append(rec)
     return out
 
 
@@ -643,6 +674,7 @@ def read_kpis_json(path: Path) -> list[RunKpis]:
 #: Headline columns of the comparison table: (field, header, decimals, lower is better).
 HEADLINE: tuple[tuple[str, str, int, bool], ...] = (
     ("vehicle_delay_s", "veh delay s", 1, True),
+    ("insertion_delay_s", "insert. s", 1, True),
     ("pedestrian_delay_s", "ped delay s", 1, True),
     ("bus_delay_s", "bus delay s", 1, True),
     ("stops_per_vehicle", "stops/veh", 2, True),

@@ -54,6 +54,7 @@ class Column:
 
 COLUMNS: tuple[Column, ...] = (
     Column("vehicle_delay_s", "vehicle delay", 1, True, "s"),
+    Column("insertion_delay_s", "insertion delay", 1, True, "s"),
     Column("car_delay_s", "car delay", 1, True, "s"),
     Column("truck_delay_s", "truck delay", 1, True, "s"),
     Column("bus_delay_s", "bus delay", 1, True, "s"),
@@ -109,7 +110,9 @@ _HOW_TO_READ = """
 would at its desired speed on an empty network, in seconds per trip. Only trips that
 depart after the warm-up and complete are counted; unfinished trips are counted
 separately (<i>trips incomplete</i>) because a controller that lets queues grow
-beyond the end of the run would otherwise look better than it is.</li>
+beyond the end of the run would otherwise look better than it is.
+<i>Insertion delay</i> is the time a vehicle waited to enter the network because the
+queue reached back beyond the modelled arm; <code>timeLoss</code> does not include it.</li>
 <li>Every cell is <b>mean ± standard deviation over seeds</b> (the same seeds for every
 controller). A difference smaller than the spread is not a result.</li>
 <li><span style="background:#c7ecc7">Green</span> marks the best and

@@ -72,8 +72,12 @@ def _reference(run_dir: Path, warmup_s: float) -> dict[str, float]:
     person = (
         sum(w * float(t.timeLoss) for w, t in zip(weights, done, strict=True)) + sum(ped)
     ) / (sum(weights) + len(ped))
+    vehicle = statistics.fmean(float(t.timeLoss) for t in done)
+    insertion = statistics.fmean(float(t.departDelay) for t in done)
     return {
-        "vehicle_delay_s": statistics.fmean(float(t.timeLoss) for t in done),
+        "vehicle_delay_s": vehicle,
+        "insertion_delay_s": insertion,
+        "total_vehicle_delay_s": vehicle + insertion,
         **{f"{m}_delay_s": statistics.fmean(v) for m, v in loss.items()},
         "pedestrian_delay_s": statistics.fmean(ped),
         "person_delay_s": person,

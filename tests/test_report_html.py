@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,7 @@ def test_table_shows_means_ratios_and_losses(report: Path, records: list[RunKpis
     assert f"{mean_fixed:.1f} ± {std_fixed:.1f}" in table
     assert f">{mean_long / mean_fixed:.2f}<" in table
     assert 'class="best"' in table and 'class="worst"' in table
+    assert "<th>insertion delay<br>[s]</th>" in table
     # The loser of vehicle delay is named in the losses list.
     loser_list = peak[peak.index("Where each controller loses"):]
     assert "<b>long-greens</b> worse than fixed on:" in loser_list
@@ -150,7 +152,7 @@ def test_missing_run_files_become_notes(records: list[RunKpis], tmp_path: Path) 
     moved = tmp_path / "copy"
     shutil.copytree(src, moved)
     (moved / "tls_states.xml").unlink()
-    rec = RunKpis(**{**records[0].__dict__, "run_dir": str(moved)})
+    rec = replace(records[0], run_dir=str(moved))
     text = write_report(tmp_path / "out", [rec], title="t").read_text(encoding="utf-8")
     assert "no tls_states.xml" in text
 
