@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from controller.errors import ConfigError
 from controller.plans import SignalProgram, compile_plan
 from controller.webster import WebsterResult, webster_plan
 from sim import drivers
-from sim.drivers import NATIVE_TYPES, DriverContext, make_driver
+from sim.drivers import NATIVE_TYPES, DriverContext, SignalDriver, make_driver
 from sim.field import FieldRun, print_progress, simulate
 from sim.flows import flow_ratios, group_flows_from_movements, group_flows_from_routes
 from sim.junction import JunctionModel, derive_junction, load_junction
@@ -183,9 +184,14 @@ def run_dir_for(out_dir: Path, case: Case, controller: str, seed: int) -> Path:
 
 
 def run_one(
-    case: Case, controller: str, seed: int, out_dir: Path, progress: bool = True
+    case: Case, controller: str, seed: int, out_dir: Path, progress: bool = True,
+    *, probe: Callable[[SignalDriver], SignalDriver] | None = None,
 ) -> RunKpis:
-    """Run one (case, controller, seed) and return its KPIs; writes only into its run folder."""
+    """Run one (case, controller, seed) and return its KPIs; writes only into its run folder.
+
+    ``probe`` wraps the controller's driver, for evaluation scripts that watch the
+    ground truth alongside it (``bench/lane_discharge.py``).
+    """
     run_dir = run_dir_for(out_dir, case, controller, seed).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     model = junction_of(case, run_dir)
@@ -215,6 +221,8 @@ def run_one(
     ctx = DriverContext(model=model, fixed_program=program,
                         sequence=webster.plan.sequence, run_dir=str(run_dir), seed=seed)
     driver = make_driver(controller, ctx)
+    if probe is not None:
+        driver = probe(driver)
     run = FieldRun(
         net_file=model.net_file, route_files=route_files, additional_files=adds,
         begin_s=case.begin_s, end_s=case.end_s, seed=seed, run_dir=run_dir,
