@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,7 @@ from controller.plans import (
     stage_timing,
 )
 from controller.safety import validate
-from controller.signals import JunctionSignals
+from controller.signals import GroupKind, JunctionSignals
 from controller.webster import split_greens, stage_min_greens, webster_plan
 
 __all__ = [
@@ -652,6 +652,8 @@ def _slsqp(model: _Model, start: FloatArray, lo: int, hi: int) -> tuple[FloatArr
 def _program_id(prefix: str, plan: StagePlan) -> str:
     # A digest, not hash(): ids must be the same in every process and run.
     text = f"{','.join(plan.sequence)}|{','.join(map(str, plan.greens_s))}|{plan.offset_s}"
+    if plan.short_walks:
+        text += f"|walks:{','.join(sorted(plan.short_walks))}"
     return f"{prefix}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
@@ -702,6 +704,9 @@ class _Builder:
         self.cfg = config
         self.prefix = prefix
         self.offset = fallback.stage_plan.offset_s if fallback.stage_plan else fallback.offset_s
+        # Short walks the running plan has carry over to every plan built here: once the
+        # twin chose them, cycle and split variants are judged with them too.
+        self.walks = running.stage_plan.short_walks if running.stage_plan else frozenset()
         self.lo, self.hi, self.c_max = _window(junction, running, config)
         self._models: dict[tuple[str, ...], _Model | None] = {}
         self._bounds: dict[tuple[str, ...], tuple[int, int] | None] = {}
@@ -710,7 +715,8 @@ class _Builder:
         return {g: d.flow_veh_h / d.saturation_veh_h for g, d in self.demand.items()}
 
     def plan(self, seq: tuple[str, ...], greens: Greens) -> StagePlan:
-        return StagePlan(seq, tuple(round(float(g)) for g in greens), self.offset)
+        walks = self.walks & frozenset(g for st in seq for g in self.j.stage(st).groups)
+        return StagePlan(seq, tuple(round(float(g)) for g in greens), self.offset, walks)
 
     def compile(self, seq: tuple[str, ...], greens: Greens) -> SignalProgram:
         return self.compile_plan(self.plan(seq, greens))
@@ -795,6 +801,7 @@ def propose(
     opt: FloatArray | None = None
     if seq:
         opt, pool = _core_candidates(b, seq, pool)
+        pool += _short_walk_candidates(b, pool)
     pool.insert(1 if pool else 0, ("fallback", fallback))
     if seq:
         _persistence_candidates(b, estimate, seq, add)
@@ -841,6 +848,60 @@ def _core_candidates(
     pool.append(("delay-optimal", best))
     pool.append(("webster", web))
     return best_g, pool
+
+
+def short_walk_groups(junction: JunctionSignals, plan: StagePlan) -> dict[str, frozenset[str]]:
+    """Per stage of ``plan``, the pedestrian groups a short walk would cut.
+
+    Those that end early for right turners (``early_end_s``: their crossing lies in a
+    turning path) and whose green in this plan is longer than their minimum.
+    """
+    out: dict[str, frozenset[str]] = {}
+    for stage_id, green in zip(plan.sequence, plan.greens_s, strict=True):
+        cut = frozenset(
+            g for g in junction.stage(stage_id).groups
+            if junction.group(g).kind is GroupKind.PEDESTRIAN and junction.early_end(g)
+            and green - junction.early_end(g) > junction.group(g).min_green_s
+        )
+        if cut:
+            out[stage_id] = cut
+    return out
+
+
+def _short_walk_candidates(b: _Builder, pool: Sequence[_Entry]) -> list[_Entry]:
+    """The delay-optimal plan with short walks: per stage, and on every stage at once.
+
+    When the running plan has short walks, every plan of this epoch inherits them
+    (``_Builder.plan``) and the delay-optimal plan with full walks is offered instead.
+
+    A right turner released with the parallel crossing waits while pedestrians walk; on a
+    shared lane the vehicles behind it wait too, so a long pedestrian green can cost the
+    turning movement most of its green.  A walk cut to its minimum gives the turners the
+    rest of the stage, and the pedestrians who arrive later wait for the next cycle.  The
+    analytic model sees neither; the twin weighs both (its yield holds and its pedestrian
+    delay follow the pedestrian green), so the choice is left to it.
+    """
+    best = next((e for label, e in pool if label == "delay-optimal"), None)
+    plan = best.stage_plan if isinstance(best, SignalProgram) else None
+    if plan is None:
+        return []
+    out: list[_Entry] = []
+    if plan.short_walks:
+        # Carried over from the running plan: the way back is a candidate too.
+        out.append(("delay-optimal+full-walks", replace(plan, short_walks=frozenset())))
+    by_stage = {
+        stage_id: cut | plan.short_walks
+        for stage_id, cut in short_walk_groups(b.j, plan).items()
+        if not cut <= plan.short_walks
+    }
+    out += [
+        (f"delay-optimal+short-walk-{stage_id}", replace(plan, short_walks=cut))
+        for stage_id, cut in by_stage.items()
+    ]
+    if len(by_stage) > 1:
+        every = frozenset().union(*by_stage.values())
+        out.append(("delay-optimal+short-walks", replace(plan, short_walks=every)))
+    return out
 
 
 def persistent_groups(

@@ -37,10 +37,15 @@ class StagePlan:
     sequence: tuple[str, ...]
     greens_s: tuple[int, ...]
     offset_s: int = 0
+    #: Pedestrian groups whose green ends after their minimum green (Mindestfreigabezeit)
+    #: instead of running with their stage: the right turners they block get the rest of
+    #: the stage.  Empty: every group runs as long as its stage allows.
+    short_walks: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.sequence) != len(self.greens_s):
             raise ValueError("a stage plan needs one green time per stage")
+        object.__setattr__(self, "short_walks", frozenset(self.short_walks))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +200,9 @@ def compile_plan(junction: JunctionSignals, plan: StagePlan, program_id: str) ->
             raise ValueError(f"stage {s} follows itself; merge the two green times")
     if any(g < 0 for g in plan.greens_s):
         raise ValueError("negative green time")
-    trans = _fixed_point(junction, seq, plan.greens_s) if len(seq) > 1 else ()
-    green, _ = _layout(junction, seq, plan.greens_s, trans)
+    walks = plan.short_walks
+    trans = _fixed_point(junction, seq, plan.greens_s, walks) if len(seq) > 1 else ()
+    green, _ = _layout(junction, seq, plan.greens_s, trans, walks)
     cycle = len(next(iter(green.values()))) if green else 0
     if cycle <= 0:
         raise ValueError("cycle of zero length")
@@ -214,7 +220,7 @@ def stage_timing(junction: JunctionSignals, plan: StagePlan) -> tuple[tuple[int,
     ``next_green_start`` where it ends (it equals the cycle for the last stage).
     """
     seq = plan.sequence
-    trans = _fixed_point(junction, seq, plan.greens_s) if len(seq) > 1 else ()
+    trans = _fixed_point(junction, seq, plan.greens_s, plan.short_walks) if len(seq) > 1 else ()
     out: list[tuple[int, int, int]] = []
     t = 0
     for k in range(len(seq)):
@@ -232,6 +238,7 @@ def _layout(
     seq: Sequence[str],
     greens_s: Sequence[int],
     trans: Sequence[Transition],
+    short_walks: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, list[bool]], list[int]]:
     """Per-group green masks over one cycle, and the start second of each transition."""
     cycle = sum(greens_s) + sum(t.length_s for t in trans)
@@ -243,7 +250,10 @@ def _layout(
         for g in junction.stage(stage_id).groups:
             # Groups leaving at this transition may end early (early_end_s).
             early = junction.early_end(g) if g in ending else 0
-            for sec in range(t, t + max(0, greens_s[k] - early)):
+            span = max(0, greens_s[k] - early)
+            if g in short_walks:
+                span = min(span, junction.group(g).min_green_s)
+            for sec in range(t, t + span):
                 green[g][sec % cycle] = True
         t += greens_s[k]
         starts.append(t)
@@ -260,7 +270,10 @@ def _layout(
 
 
 def _fixed_point(
-    junction: JunctionSignals, seq: Sequence[str], greens_s: Sequence[int]
+    junction: JunctionSignals,
+    seq: Sequence[str],
+    greens_s: Sequence[int],
+    short_walks: frozenset[str] = frozenset(),
 ) -> tuple[Transition, ...]:
     """Transitions that respect every intergreen over the whole cycle.
 
@@ -271,7 +284,7 @@ def _fixed_point(
     n = len(seq)
     trans = list(transitions(junction, seq))
     for _ in range(4 * n + 8):
-        green, starts = _layout(junction, seq, greens_s, trans)
+        green, starts = _layout(junction, seq, greens_s, trans, short_walks)
         cycle = len(next(iter(green.values())))
         changed = False
         for k in range(n):
