@@ -801,7 +801,8 @@ def propose(
     opt: FloatArray | None = None
     if seq:
         opt, pool = _core_candidates(b, seq, pool)
-        pool += _short_walk_candidates(b, pool)
+        if opt is not None:
+            pool += _short_walk_candidates(b, b.plan(seq, opt))
     pool.insert(1 if pool else 0, ("fallback", fallback))
     if seq:
         _persistence_candidates(b, estimate, seq, add)
@@ -868,8 +869,8 @@ def short_walk_groups(junction: JunctionSignals, plan: StagePlan) -> dict[str, f
     return out
 
 
-def _short_walk_candidates(b: _Builder, pool: Sequence[_Entry]) -> list[_Entry]:
-    """The delay-optimal plan with short walks: per stage, and on every stage at once.
+def _short_walk_candidates(b: _Builder, plan: StagePlan) -> list[_Entry]:
+    """``plan`` (the delay-optimal one) with short walks: per stage, and on all at once.
 
     When the running plan has short walks, every plan of this epoch inherits them
     (``_Builder.plan``) and the delay-optimal plan with full walks is offered instead.
@@ -881,10 +882,6 @@ def _short_walk_candidates(b: _Builder, pool: Sequence[_Entry]) -> list[_Entry]:
     analytic model sees neither; the twin weighs both (its yield holds and its pedestrian
     delay follow the pedestrian green), so the choice is left to it.
     """
-    best = next((e for label, e in pool if label == "delay-optimal"), None)
-    plan = best.stage_plan if isinstance(best, SignalProgram) else None
-    if plan is None:
-        return []
     out: list[_Entry] = []
     if plan.short_walks:
         # Carried over from the running plan: the way back is a candidate too.
