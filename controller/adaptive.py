@@ -72,6 +72,9 @@ class Score(Protocol):
     @property
     def person_delay_s(self) -> float: ...
 
+    @property
+    def pedestrian_delay_s(self) -> float | None: ...
+
 
 class Evaluator(Protocol):
     """Scores signal programs from a snapshot (``controller.twin.SumoTwin``)."""
@@ -231,6 +234,11 @@ class AdaptiveConfig:
     history: int = 500
     #: Programs the core remembers by id (to recognise what the hardware runs).
     remembered_programs: int = 16
+    #: Pedestrian floor (a policy, off by default): no plan is pushed or renewed whose
+    #: predicted delay per pedestrian exceeds the fallback's, over the same horizon, by
+    #: more than this many seconds.  ``None``: plans are ranked by person delay alone.
+    #: Measured price of 1 s on the Schlosskreuzung in docs/adaptive.md (session 7).
+    pedestrian_slack_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 1.0:
@@ -243,6 +251,8 @@ class AdaptiveConfig:
             raise ValueError("decision_lead_s must be at least 1 s")
         if self.history < 1 or self.remembered_programs < 2:
             raise ValueError("history and remembered_programs must be positive")
+        if self.pedestrian_slack_s is not None and not self.pedestrian_slack_s >= 0.0:
+            raise ValueError("pedestrian_slack_s must be None or at least 0 s")
 
 
 class Outcome(StrEnum):
@@ -272,6 +282,10 @@ class CandidateRecord:
     person_delay_s: float | None
     #: Safety-gate violations; ``None`` when the gate was not reached for it.
     violations: tuple[str, ...] | None = None
+    #: Why it was refused before the gate (the pedestrian floor); ``None``: it was not.
+    refused: str | None = None
+    #: Evaluator's delay per pedestrian; ``None`` when it predicts none.
+    pedestrian_delay_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +330,8 @@ class CoreStats:
     rejected_by_hardware: int = 0
     #: Candidates refused by the safety gate, per rule (V1-V6, D4).
     rejected_by_rule: Counter[str] = field(default_factory=Counter)
+    #: Candidates refused because their predicted pedestrian delay is below the floor.
+    pedestrian_floor_refusals: int = 0
     #: Epochs in which adaptive control was not allowed.
     fallback_decisions: int = 0
     #: Changes from "adaptive allowed" to "not allowed" (hand-overs to the fallback).
@@ -342,13 +358,45 @@ class EvaluationFailed:
     reason: str
 
 
-#: What ``AdaptiveCore.complete`` takes: person delay per program id, or why there is none.
-EvaluationResult = Mapping[str, float] | EvaluationFailed
+@dataclass(frozen=True, slots=True)
+class ProgramScore:
+    """What a decision reads of one program's predicted performance."""
+
+    #: Mean delay per person (car and bus passengers, pedestrians): the ranking.
+    person_delay_s: float
+    #: Mean delay per pedestrian (the pedestrian floor); ``None``: not predicted.
+    pedestrian_delay_s: float | None = None
 
 
-def scores_by_program(scores: Iterable[Score]) -> dict[str, float]:
-    """An evaluator's scores as ``complete`` takes them: person delay per program id."""
-    return {s.program_id: float(s.person_delay_s) for s in scores}
+#: What ``AdaptiveCore.complete`` takes: the scores per program id, or why there are none.
+EvaluationResult = Mapping[str, ProgramScore] | EvaluationFailed
+
+
+def scores_by_program(scores: Iterable[Score]) -> dict[str, ProgramScore]:
+    """An evaluator's scores as ``complete`` takes them, by program id."""
+    return {
+        s.program_id: ProgramScore(float(s.person_delay_s),
+                                   _float_or_none(s.pedestrian_delay_s))
+        for s in scores
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PedestrianFloor:
+    """The most predicted delay per pedestrian a plan may have (``pedestrian_slack_s``)."""
+
+    #: The fallback's predicted pedestrian delay plus the slack; ``None``: no floor.
+    limit_s: float | None
+    slack_s: float
+
+    def breach(self, program_id: str, scores: Mapping[str, ProgramScore]) -> str | None:
+        """Why ``program_id`` is below the floor, or None (also when it has no prediction)."""
+        sc = scores.get(program_id)
+        ped = None if sc is None else sc.pedestrian_delay_s
+        if self.limit_s is None or ped is None or ped <= self.limit_s + 1e-9:
+            return None
+        return (f"predicted pedestrian delay {ped:.1f} s exceeds the fallback's "
+                f"{self.limit_s - self.slack_s:.1f} s + {self.slack_s:g} s")
 
 
 @dataclass(frozen=True, eq=False)
@@ -675,7 +723,8 @@ class AdaptiveCore:
             self.stats.failures += 1
             record(Outcome.FAILED, f"decision failed: {result.reason}")
             return []
-        scores = result
+        scores = {pid: sc.person_delay_s for pid, sc in result.items()}
+        floor = self._pedestrian_floor(result)
         proposed = job.candidates
         running_delay = scores.get(running.id)
         usable = [c for c in proposed if c.program.id != running.id]
@@ -687,6 +736,7 @@ class AdaptiveCore:
             c.program.id: CandidateRecord(
                 c.program.id, c.label, _float_or_none(c.analytic_delay_s),
                 scores.get(c.program.id),
+                pedestrian_delay_s=_pedestrian_delay(result.get(c.program.id)),
             )
             for c in usable
         }
@@ -698,10 +748,18 @@ class AdaptiveCore:
         # A running plan that may not be renewed gives way to the best candidate that
         # passes the gate, whatever the margin (or, without one, to the fallback).
         retire = job.retire if adaptive_plan else None
+        if adaptive_plan and retire is None:
+            retire = floor.breach(running.id, result)
         for cand in ranked:
             assert running_delay is not None
             delay = scores[cand.program.id]
             gain = running_delay - delay
+            below = floor.breach(cand.program.id, result)
+            if below is not None:
+                self.stats.pedestrian_floor_refusals += 1
+                records[cand.program.id] = replace(records[cand.program.id], refused=below)
+                reason = f"{cand.program.id} refused: {below}"
+                continue
             if retire is None and (
                 delay > running_delay * (1.0 - cfg.margin) or gain < cfg.min_gain_s
             ):
@@ -711,10 +769,8 @@ class AdaptiveCore:
                 )
                 break
             violations = self._gate(cand.program, running)
-            records[cand.program.id] = CandidateRecord(
-                cand.program.id, cand.label, _float_or_none(cand.analytic_delay_s), delay,
-                tuple(v.message for v in violations),
-            )
+            records[cand.program.id] = replace(
+                records[cand.program.id], violations=tuple(v.message for v in violations))
             if violations:
                 for rule in sorted({v.rule for v in violations}):
                     self.stats.rejected_by_rule[rule] += 1
@@ -753,6 +809,13 @@ class AdaptiveCore:
         record(Outcome.KEPT, reason, running_delay=running_delay, candidates=cand_records,
                latency=latency)
         return []
+
+    def _pedestrian_floor(self, result: Mapping[str, ProgramScore]) -> PedestrianFloor:
+        slack = self.config.pedestrian_slack_s
+        ref = result.get(self.fallback.id)
+        if slack is None or ref is None or ref.pedestrian_delay_s is None:
+            return PedestrianFloor(None, 0.0)
+        return PedestrianFloor(ref.pedestrian_delay_s + slack, slack)
 
     def _gate(self, program: SignalProgram, running: SignalProgram) -> tuple[Violation, ...]:
         """The safety gate: the program, the switch to it, and the switch back to the fallback.
@@ -841,6 +904,10 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def _pedestrian_delay(score: ProgramScore | None) -> float | None:
+    return None if score is None else score.pedestrian_delay_s
+
+
 def _float_or_none(x: object) -> float | None:
     return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
@@ -859,6 +926,7 @@ class AnalyticCandidate:
 class AnalyticScore:
     program_id: str
     person_delay_s: float
+    pedestrian_delay_s: float | None = None
 
 
 class EstimateSnapshots:

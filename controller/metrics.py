@@ -99,6 +99,10 @@ class Metrics:
         self.plans_rejected_total = counter(
             "plans_rejected_total", "Candidate plans refused by the safety validator, by rule.",
             ("rule",))
+        self.plans_below_pedestrian_floor_total = counter(
+            "plans_below_pedestrian_floor_total",
+            "Candidate plans refused because pedestrians would wait longer than under the "
+            "fallback plus the slack.")
         self.plans_pushed_total = counter(
             "plans_pushed_total", "Plan commands published to the hardware (renewals included).")
         self.plan_acks_total = counter(

@@ -28,7 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller.adaptive import Advance, EvaluationFailed, EvaluationJob, EvaluationResult
+from controller.adaptive import (
+    Advance,
+    EvaluationFailed,
+    EvaluationJob,
+    EvaluationResult,
+    ProgramScore,
+)
 from controller.messages import DetectorReading, HardwareState, PlanAck, PlanCommand
 
 #: Everything that may arrive at the controller.
@@ -123,14 +129,14 @@ class Ticked:
 class Scored:
     """The scores of one decision handed to ``complete(job, ..., now)``, and its commands.
 
-    An input of the core like a message: ``scores`` (program id, person delay) or
+    An input of the core like a message: ``scores`` (program id, its scores) or
     ``failure`` (why there are none).  The evaluator computed them from the job's
     snapshot, which the core built from detector messages only.
     """
 
     now: float
     epoch: int
-    scores: tuple[tuple[str, float], ...] | None
+    scores: tuple[tuple[str, ProgramScore], ...] | None
     failure: str | None
     commands: tuple[PlanCommand, ...]
 

@@ -159,8 +159,9 @@ def decision_json(d: Decision) -> dict[str, object]:
         "chosen": d.chosen, "renewed": d.renewed, "switch_at": d.switch_at,
         "candidates": [
             {"id": c.program_id, "label": c.label, "analytic_delay_s": c.analytic_delay_s,
-             "person_delay_s": c.person_delay_s,
-             "violations": None if c.violations is None else list(c.violations)}
+             "person_delay_s": c.person_delay_s, "pedestrian_delay_s": c.pedestrian_delay_s,
+             "violations": None if c.violations is None else list(c.violations),
+             "refused": c.refused}
             for c in d.candidates
         ],
         "latency": {
@@ -242,6 +243,7 @@ class AdaptiveDriver:
             "rejected_by_hardware": s.rejected_by_hardware,
             "hardware_reject_reasons": list(s.hardware_reject_reasons[:10]),
             "rejected_by_validator": dict(s.rejected_by_rule),
+            "below_pedestrian_floor": s.pedestrian_floor_refusals,
             "fallback_decisions": s.fallback_decisions,
             "handovers": s.handovers,
             "hardware_fallbacks": hw.fallbacks,
@@ -460,3 +462,8 @@ class OracleDriver(AdaptiveDriver):
 
 register_driver("adaptive", AdaptiveDriver)
 register_driver("oracle", OracleDriver)
+#: The slack of ``adaptive-ped-floor`` (the service's ``pedestrian_slack_s`` default).
+PED_FLOOR_SLACK_S = 1.0
+# The same controller with the pedestrian floor on: what the policy costs and buys.
+register_driver("adaptive-ped-floor", lambda ctx: AdaptiveDriver(
+    ctx, config=AdaptiveConfig(pedestrian_slack_s=PED_FLOOR_SLACK_S)))

@@ -48,6 +48,7 @@ ATSC_METRICS: frozenset[str] = frozenset({
     "atsc_plans_proposed_total",
     "atsc_plans_validated_total",
     "atsc_plans_rejected_total",
+    "atsc_plans_below_pedestrian_floor_total",
     "atsc_plans_pushed_total",
     "atsc_plan_acks_total",
     "atsc_decision_duration_seconds",

@@ -32,6 +32,7 @@ from controller.adaptive import (
     EstimateSnapshots,
     EvaluationJob,
     Outcome,
+    ProgramScore,
     Proposer,
     RunningCheck,
     analytic_delay_s,
@@ -281,6 +282,64 @@ def test_a_retired_running_plan_gives_way_whatever_the_margin() -> None:
         1 for d in core.decisions if "not renewed" in d.reason) == len(checked)
 
 
+# -- the pedestrian floor ----------------------------------------------------------------
+
+
+@dataclass
+class PedestrianCost:
+    """The analytic evaluator plus a predicted pedestrian delay per program.
+
+    The fallback's pedestrians wait 20 s; every other program's wait ``other_s``
+    (changeable while the loop runs), whatever its vehicle delay.
+    """
+
+    other_s: float
+    inner: AnalyticEvaluator = field(default_factory=lambda: AnalyticEvaluator(JUNCTION))
+
+    def evaluate(self, snapshot: Any, programs: Sequence[SignalProgram]) -> list[AnalyticScore]:
+        return [
+            replace(s, pedestrian_delay_s=20.0 if s.program_id == "fallback" else self.other_s)
+            for s in self.inner.evaluate(snapshot, programs)
+        ]
+
+
+def test_no_plan_is_pushed_whose_pedestrians_wait_longer_than_the_slack_allows() -> None:
+    # 2 s more than the fallback: allowed with a 3 s slack, refused with 1 s.
+    allowed = Loop(make_core(evaluator=PedestrianCost(22.0),
+                             config=AdaptiveConfig(pedestrian_slack_s=3.0)))
+    allowed.run(400)
+    assert allowed.core.stats.plans_pushed >= 1
+    assert allowed.core.stats.pedestrian_floor_refusals == 0
+    floor = Loop(make_core(evaluator=PedestrianCost(22.0),
+                           config=AdaptiveConfig(pedestrian_slack_s=1.0)))
+    floor.run(400)
+    core = floor.core
+    assert floor.commands == [] and all(fb for _t, _pid, fb in floor.programs)
+    refused = [c for d in core.decisions for c in d.candidates if c.refused]
+    assert refused and core.stats.pedestrian_floor_refusals == len(refused)
+    assert all(c.refused == "predicted pedestrian delay 22.0 s exceeds the fallback's "
+               "20.0 s + 1 s" and c.violations is None for c in refused)
+    # Without a floor the same plans go out.
+    free = Loop(make_core(evaluator=PedestrianCost(22.0),
+                          config=AdaptiveConfig(pedestrian_slack_s=None)))
+    free.run(400)
+    assert free.core.stats.plans_pushed == allowed.core.stats.plans_pushed
+
+
+def test_a_running_plan_below_the_pedestrian_floor_is_not_renewed() -> None:
+    cost = PedestrianCost(20.0)
+    loop = Loop(make_core(evaluator=cost, config=AdaptiveConfig(pedestrian_slack_s=1.0)))
+    loop.run(300)
+    assert loop.core.stats.plans_pushed >= 1 and loop.core.stats.renewals >= 1
+    assert not loop.programs[-1][2], "an adaptive plan runs"
+    cost.other_s = 30.0  # e.g. the estimated pedestrian flow rose
+    loop.run(300)
+    late = [d for d in loop.core.decisions if d.ts > 300 and d.running_id != "fallback"]
+    assert late and all(not d.renewed and "pedestrian delay 30.0 s" in d.reason for d in late)
+    # It gave way to the only plan above the floor (pushed, or the lease lapsed).
+    assert loop.programs[-1][1:] == ("fallback", True)
+
+
 # -- the safety gate ---------------------------------------------------------------------
 
 
@@ -476,7 +535,8 @@ def test_replaying_the_journal_into_a_fresh_core_gives_the_same_commands() -> No
 
 def test_config_rejects_nonsense() -> None:
     for bad in ({"margin": 1.0}, {"lease_cycles": 1.0}, {"decision_lead_s": 0},
-                {"min_gain_s": -1.0}):
+                {"min_gain_s": -1.0}, {"pedestrian_slack_s": -0.5},
+                {"pedestrian_slack_s": math.nan}):
         with pytest.raises(ValueError):
             AdaptiveConfig(**bad)
 
@@ -512,7 +572,7 @@ def test_the_journal_records_scores_so_a_replay_needs_no_evaluator() -> None:
 
 
 def _score_in_worker(junction: JunctionSignals, snapshot: Any,
-                     programs: Sequence[SignalProgram]) -> dict[str, float]:
+                     programs: Sequence[SignalProgram]) -> dict[str, ProgramScore]:
     """Worker-process entry: the job's snapshot and programs are all it gets."""
     return scores_by_program(AnalyticEvaluator(junction).evaluate(snapshot, programs))
 

@@ -17,6 +17,7 @@ the transport and every command it issued.  Then
 from __future__ import annotations
 
 import gc
+import json
 import os
 import types
 import xml.etree.ElementTree as ET
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from controller.adaptive import AdaptiveCore, Outcome
+from controller.adaptive import AdaptiveConfig, AdaptiveCore, Outcome
 from controller.messages import DetectorReading, HardwareState, PlanAck
 from controller.optimiser import propose
 from controller.transport import Journal, Received, Scored, replay
@@ -222,6 +223,13 @@ def test_end_to_end_adaptive_run_plans_accepted_no_faults(recorded: Recorded) ->
     # decisions.jsonl is written for engineers: one line per decision.
     lines = (recorded.run_dir / "decisions.jsonl").read_text().splitlines()
     assert len(lines) == s["decisions"]
+    rows = [json.loads(line) for line in lines]
+    scored = [c for r in rows for c in r["candidates"] if c["person_delay_s"] is not None]
+    assert scored and all(c["pedestrian_delay_s"] is not None for c in scored)
+    # The floor is a policy, off by default: nothing may be refused for it.
+    assert AdaptiveConfig().pedestrian_slack_s is None
+    assert s["below_pedestrian_floor"] == 0
+    assert not [c for c in scored if c["refused"]]
 
 
 def test_replay_of_the_messages_alone_reproduces_every_plan_command(recorded: Recorded) -> None:

@@ -27,6 +27,7 @@ CONTRACT = {
     "atsc_detector_faults_total", "atsc_queue_length_meters", "atsc_estimated_delay_seconds",
     "atsc_arrival_flow_vehicles_per_hour", "atsc_plans_proposed_total",
     "atsc_plans_validated_total", "atsc_plans_rejected_total", "atsc_plans_pushed_total",
+    "atsc_plans_below_pedestrian_floor_total",
     "atsc_plan_acks_total", "atsc_decision_duration_seconds", "atsc_validation_duration_seconds",
     "atsc_twin_evaluation_duration_seconds", "atsc_ingest_latency_seconds",
     "atsc_lease_remaining_seconds", "atsc_fallback_active", "atsc_adaptive_active",

@@ -62,6 +62,8 @@ def test_unknown_section_and_bad_broker_override_exit_2(tmp_path: Path) -> None:
         ("port = 1\n", "port = true\n", "[mqtt] port: must be an integer"),
         ('evaluator = "analytic"', 'evaluator = "fast"', "[twin] evaluator: must be one of"),
         ("adaptive = true", 'adaptive = "yes"', "[controller] adaptive: must be true or false"),
+        ("adaptive = true", "adaptive = true\npedestrian_slack_s = -1",
+         "[controller] pedestrian_slack_s: must be a number at least 0.0"),
         ("reconnect_max_s = 1.0", "reconnect_max_s = 0.1", "reconnect_max_s 0.1 is below"),
         (f'path = "{JUNCTION_DIR}"', 'path = "nowhere"', "[junction] path: no junction.toml"),
         ('name = "schlosskreuzung"', 'name = "a/b"', "[junction] name: 'a/b' must match"),
@@ -130,6 +132,29 @@ def test_the_example_config_loads_and_its_fallback_passes_the_validator() -> Non
     assert (cfg.mqtt.host, cfg.mqtt.port) == ("127.0.0.1", 1883)
     program = load_fallback(cfg, load_junction(cfg.junction.path).signals)
     assert program.id == "fallback-schlosskreuzung"
+
+
+def test_the_service_decides_like_the_evaluated_core_unless_configured_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The defaults of [controller] are the ``AdaptiveConfig`` the benchmarks measured."""
+    from dataclasses import fields
+
+    from controller.adaptive import AdaptiveConfig
+    from controller.service.config import ControllerSection
+
+    core = AdaptiveConfig()
+    shared = [f.name for f in fields(ControllerSection) if hasattr(core, f.name)]
+    assert {"margin", "min_gain_s", "pedestrian_slack_s", "lease_cycles"} <= set(shared)
+    for section in (ControllerSection(), load_config(None).controller):
+        assert {k: getattr(section, k) for k in shared} == {k: getattr(core, k) for k in shared}
+    assert load_config(None).controller.pedestrian_slack_s is None
+    on = load_config(_edit(tmp_path, "adaptive = true",
+                           "adaptive = true\npedestrian_floor = true"))
+    assert on.controller.pedestrian_slack_s == 1.0
+    slack = load_config(_edit(tmp_path, "adaptive = true", "adaptive = true\n"
+                              "pedestrian_floor = true\npedestrian_slack_s = 2.5"))
+    assert slack.controller.pedestrian_slack_s == 2.5
 
 
 def test_fallback_from_a_program_file(tmp_path: Path) -> None:

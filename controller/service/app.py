@@ -267,7 +267,8 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
     c = cfg.controller
     try:
         adaptive = AdaptiveConfig(
-            margin=c.margin, min_gain_s=c.min_gain_s, lease_cycles=c.lease_cycles,
+            margin=c.margin, min_gain_s=c.min_gain_s, pedestrian_slack_s=c.pedestrian_slack_s,
+            lease_cycles=c.lease_cycles,
             decision_lead_s=c.decision_lead_s, max_state_age_s=c.max_state_age_s,
             program_prefix=c.program_prefix,
         )
@@ -682,6 +683,9 @@ class Service:
         m = self.metrics
         m.decision_duration_seconds.observe(d.latency.total_s)
         m.plans_proposed_total.inc(len(d.candidates))
+        below = sum(1 for c in d.candidates if c.refused is not None)
+        if below:
+            m.plans_below_pedestrian_floor_total.inc(below)
         gated = [c for c in d.candidates if c.violations is not None]
         passed = sum(1 for c in gated if not c.violations)
         if passed:

@@ -95,8 +95,10 @@ class ControllerSection:
     """Maps onto ``controller.adaptive.AdaptiveConfig``; ``adaptive = false`` is shadow mode."""
 
     adaptive: bool = True
-    margin: float = 0.03
+    margin: float = 0.05
     min_gain_s: float = 0.2
+    #: ``pedestrian_slack_s`` when ``pedestrian_floor = true`` in the file, else None.
+    pedestrian_slack_s: float | None = None
     lease_cycles: float = 2.5
     decision_lead_s: int = 12
     max_state_age_s: float = 5.0
@@ -365,8 +367,9 @@ def _controller(doc: Mapping[str, Any], path: Path) -> ControllerSection:
     t = _section(doc, "controller", path)
     out = ControllerSection(
         adaptive=t.get("adaptive", t.boolean, True),
-        margin=t.get("margin", t.number(0.0, 0.99), 0.03),
+        margin=t.get("margin", t.number(0.0, 0.99), 0.05),
         min_gain_s=t.get("min_gain_s", t.number(0.0, 600.0), 0.2),
+        pedestrian_slack_s=_pedestrian_slack(t),
         lease_cycles=t.get("lease_cycles", t.number(1.0, 10.0, open_lo=True), 2.5),
         decision_lead_s=t.get("decision_lead_s", t.integer(1, 60), 12),
         max_state_age_s=t.get("max_state_age_s", t.number(0.0, 60.0, open_lo=True), 5.0),
@@ -377,6 +380,13 @@ def _controller(doc: Mapping[str, Any], path: Path) -> ControllerSection:
         raise ConfigError("[controller] program_prefix: at most 24 characters (program ids "
                           "append the epoch and a variant)", path)
     return out
+
+
+def _pedestrian_slack(t: _Table) -> float | None:
+    """``pedestrian_floor`` (off by default) and its ``pedestrian_slack_s``."""
+    on = t.get("pedestrian_floor", t.boolean, False)
+    slack = t.get("pedestrian_slack_s", t.number(0.0, 120.0), 1.0)
+    return slack if on else None
 
 
 def _twin(doc: Mapping[str, Any], path: Path) -> TwinSection:
