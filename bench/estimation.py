@@ -6,8 +6,9 @@ seconds after the warm-up it asks two perceptions for an estimate of the same
 moment: the production one (``perception_for``: detector messages only) and
 the oracle's ``TruthPerception`` (the field simulation read directly, same
 smoothing kernel).  Prints per signal group the mean estimated and true arrival
-flow (veh/h), the mean estimated and true queue (vehicles), their ratio, and how
-often the estimator flagged spillback.  The twin is fed from the estimate, so a
+flow (veh/h), the mean estimated and true queue (vehicles), their ratio, the
+saturation flow each perception works with (veh/h of green), and how often the
+estimator flagged spillback.  The twin is fed from the estimate, so a
 group whose flow or queue is underestimated here is served too little by the
 plans the twin prefers.
 
@@ -42,6 +43,8 @@ class Samples:
     true_flow: list[float] = field(default_factory=list)
     est_queue: list[float] = field(default_factory=list)
     true_queue: list[float] = field(default_factory=list)
+    est_saturation: list[float] = field(default_factory=list)
+    true_saturation: list[float] = field(default_factory=list)
     spillback: int = 0
 
 
@@ -79,6 +82,8 @@ class ProbeDriver(AdaptiveDriver):
             s.true_flow.append(t.flow_veh_h)
             s.est_queue.append(e.queue_veh)
             s.true_queue.append(t.queue_veh)
+            s.est_saturation.append(e.saturation_veh_h)
+            s.true_saturation.append(t.saturation_veh_h)
             s.spillback += int(e.spillback)
 
 
@@ -116,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.scenario} seed {args.seed}, {mode}; means over "
           f"{len(next(iter(d.samples.values())).est_flow)} samples after the warm-up")
     head = (f"{'group':6} {'turn':16} {'flow est':>9} {'flow true':>9} {'ratio':>5} "
-            f"{'queue est':>9} {'queue true':>10} {'ratio':>5} {'spillback':>9}")
+            f"{'queue est':>9} {'queue true':>10} {'ratio':>5} {'sat est':>7} {'sat true':>8} "
+            f"{'spillback':>9}")
     print(head)
     print("-" * len(head))
     labels = {g.id: g.label for g in d.model.signals.groups}
@@ -125,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         eq, tq = statistics.fmean(s.est_queue), statistics.fmean(s.true_queue)
         print(f"{gid:6} {labels[gid][:16]:16} {ef:9.0f} {tf:9.0f} {_ratio(ef, tf)} "
               f"{eq:9.1f} {tq:10.1f} {_ratio(eq, tq)} "
+              f"{statistics.fmean(s.est_saturation):7.0f} "
+              f"{statistics.fmean(s.true_saturation):8.0f} "
               f"{s.spillback / len(s.est_flow):9.0%}")
     return 0
 
