@@ -87,12 +87,13 @@ class OptimiserConfig:
     max_degree_of_saturation: float = 0.95
     #: Capacity rule of the candidate gate: no candidate plans any group's arrival flow
     #: above this degree of saturation, or above ``capacity_slack`` times the fallback's
-    #: highest one where that is higher (demand beyond capacity: the worst bottleneck
-    #: may get only so much worse).  The twin's horizon is a few cycles; a plan that
-    #: leaves a movement short of capacity looks cheap there while its queue grows for
-    #: good.  None: no capacity rule.
+    #: highest one where that is higher (demand beyond capacity: no group may be loaded
+    #: beyond the fallback's worst bottleneck).  The twin's horizon is a few cycles; a
+    #: plan that leaves a movement short of capacity looks cheap there while its queue
+    #: grows for good.  None: no capacity rule.  Slack 1.0 since session 7 (1.25 before;
+    #: docs/optimiser.md has both measured).
     capacity_x_max: float | None = 0.95
-    capacity_slack: float = 1.25
+    capacity_slack: float = 1.0
     #: Flow assumed at least for a group without trustworthy data (veh/h).
     flow_floor_veh_h: float = 300.0
     #: Lower bound on the saturation flow an estimate may claim (veh/h of green).

@@ -5,7 +5,7 @@ capacity looks cheap over that horizon while its queue grows for good; measured 
 asymmetric turning and the evening peak, the plans the twin preferred gave the west
 and east left turns 11 % of the time against the fixed plan's 16 %, and their
 delay doubled.  No candidate may plan a group's arrival flow above ``capacity_x_max``
-or above 1.25 times the fallback's worst group, whichever is higher.
+or above ``capacity_slack`` times the fallback's worst group, whichever is higher.
 """
 
 from __future__ import annotations
@@ -82,13 +82,14 @@ def test_no_candidate_breaks_the_capacity_rule_and_the_set_stays_full() -> None:
     fb = fallback_for(j)
     est = estimate(j, FLOWS)
     demand = group_demand(j, est, fb)
-    limit = max(0.95, 1.25 * max(degrees_of_saturation(fb, demand).values()))
+    slack = OptimiserConfig().capacity_slack
+    limit = max(0.95, slack * max(degrees_of_saturation(fb, demand).values()))
 
     free = propose(j, est, fb, fb, config=OptimiserConfig(capacity_x_max=None))
     ruled = propose(j, est, fb, fb)
     # Without the rule, the short-cycle variant overloads the left turn (x 1.83).
     assert any(max(degrees_of_saturation(c.program, demand).values()) > limit for c in free)
-    assert all(over_capacity(c.program, fb, demand, 0.95, 1.25) == () for c in ruled)
+    assert all(over_capacity(c.program, fb, demand, 0.95, slack) == () for c in ruled)
     assert len(ruled) == OptimiserConfig().n_candidates
     assert [c.label for c in ruled][:2] == ["delay-optimal", "fallback"]
 
