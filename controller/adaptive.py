@@ -17,7 +17,9 @@ switch point, a *decision epoch* runs:
 3. the optimiser proposes candidate programs;
 4. the evaluator scores every candidate and the running program over its
    horizon (person delay);
-5. walking the candidates from best to worst: a candidate must beat the
+5. walking the candidates from best to worst: with the pedestrian floor on
+   (``pedestrian_slack_s``), a candidate whose pedestrians would wait longer than
+   under the fallback plus the slack is skipped; a candidate must beat the
    running program by ``margin`` and pass the safety gate
    (``controller.safety.validate``, including the switch from the running
    program and the switch back to the fallback); the first that does is
@@ -330,7 +332,8 @@ class CoreStats:
     rejected_by_hardware: int = 0
     #: Candidates refused by the safety gate, per rule (V1-V6, D4).
     rejected_by_rule: Counter[str] = field(default_factory=Counter)
-    #: Candidates refused because their predicted pedestrian delay is below the floor.
+    #: Candidates refused by the pedestrian floor (predicted pedestrian delay above the
+    #: fallback's plus the slack).
     pedestrian_floor_refusals: int = 0
     #: Epochs in which adaptive control was not allowed.
     fallback_decisions: int = 0
@@ -390,7 +393,8 @@ class PedestrianFloor:
     slack_s: float
 
     def breach(self, program_id: str, scores: Mapping[str, ProgramScore]) -> str | None:
-        """Why ``program_id`` is below the floor, or None (also when it has no prediction)."""
+        """Why ``program_id`` serves pedestrians below the floor, or None (also without a
+        prediction)."""
         sc = scores.get(program_id)
         ped = None if sc is None else sc.pedestrian_delay_s
         if self.limit_s is None or ped is None or ped <= self.limit_s + 1e-9:
