@@ -187,18 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             twin.close()
 
-    print(f"\n{'evaluator':<28}{'decisions':>10}{'cand.':>7}{'p50 s':>8}{'p99 s':>8}"
+    print(f"\n{'evaluator':<28}{'decisions':>10}{'cand.':>7}{'min':>5}{'p50 s':>8}{'p99 s':>8}"
           f"{'twin p50 s':>12}{'rest p50 s':>12}{'sim-s/wall-s':>14}{'per process':>13}")
     for r in rows:
         total, per = r["sim_per_wall_total"], r["sim_per_wall_per_process"]
         twin_cols = (f"{total:>14.0f}{per:>13.0f}" if math.isfinite(per)
                      else f"{'-':>14}{'-':>13}")
-        print(f"{r['label']:<28}{r['decisions']:>10}{r['candidates']:>7.1f}{r['p50_s']:>8.2f}"
+        print(f"{r['label']:<28}{r['decisions']:>10}{r['candidates']:>7.1f}"
+              f"{r['min_candidates']:>5}{r['p50_s']:>8.2f}"
               f"{r['p99_s']:>8.2f}{r['evaluate_p50_s']:>12.3f}{r['rest_p50_s']:>12.3f}"
               + twin_cols)
     print("\np50/p99: detector snapshot -> candidates -> twin -> validated plan, per decision;"
           "\nsim-s/wall-s: twin seconds simulated per wall second (all processes / one process);"
-          "\ncand.: candidates per decision besides the running program.")
+          "\ncand., min: candidates per decision besides the running program (mean, fewest).")
     return 0
 
 

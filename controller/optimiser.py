@@ -810,6 +810,7 @@ def propose(
     if seq and opt is not None:
         _event_candidates(b, estimate, seq, opt, add)
         _variant_candidates(b, seq, opt, add)
+        _fill_candidates(b, seq, add)
     return _gate(b, pool)
 
 
@@ -1160,6 +1161,31 @@ def _variant_candidates(
         g -= slack / slack.sum() * take
         g[k] += take
         add(f"favour-{seq[k]}", seq, _whole(g, m.mins))
+
+
+def _fill_candidates(
+    b: _Builder, seq: tuple[str, ...], add: Callable[[str, tuple[str, ...], Greens], None]
+) -> None:
+    """Last in the pool: the fallback's split at other cycles of the window.
+
+    Used only when the entries before them leave the set short (``_gate`` stops at
+    ``n_candidates``).  Under heavy demand the capacity rule repairs many variants back
+    to the same plan, and the twin would choose among too few.  The fallback's split
+    keeps each group's degree of saturation at or below the fallback's at a longer
+    cycle (the lost time weighs less), so those pass the rule as they are; shorter
+    cycles come after them.
+    """
+    m, bounds, fb = b.model(seq), b.bounds(seq), b.fallback.stage_plan
+    if m is None or bounds is None or fb is None or fb.sequence != seq:
+        return
+    lo, hi = bounds
+    # Every other second of the window: the repair may map neighbours onto one plan.
+    cycles = list(range(lo, hi + 1, 2))
+    c_fb = b.fallback.cycle_s
+    ordered = [c for c in cycles if c >= c_fb] + [c for c in reversed(cycles) if c < c_fb]
+    for c in ordered:
+        greens = _round(m, _scale([float(g) for g in fb.greens_s], c - m.lost), c, c)
+        add(f"fallback-{c}s", seq, greens)
 
 
 def _scale(weights: Sequence[float], total: float) -> list[float]:
