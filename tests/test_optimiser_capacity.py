@@ -138,3 +138,28 @@ def test_capacity_rule_config_is_checked() -> None:
     with pytest.raises(ValueError, match="capacity_slack"):
         OptimiserConfig(capacity_slack=0.9)
     assert OptimiserConfig(capacity_x_max=None).capacity_x_max is None
+
+
+def test_a_set_the_capacity_rule_thins_out_is_filled_with_the_fallback_split() -> None:
+    # Demand above capacity and a running plan far from the optimum: the rule repairs
+    # several variants onto the same plans, so the set falls short of n_candidates and
+    # the fallback's split at another cycle fills it, last, within the rule.
+    # (bench/decision.py, morning peak: the fewest candidates of a decision 5 -> 8.)
+    j = toy_junction()
+    fb = fallback_for(j)
+    heavy = estimate(j, {"K1": 300.0, "K2": 40.0, "K3": 250.0, "K4": 260.0})
+    demand = group_demand(j, heavy, fb)
+    running = compile_plan(j, StagePlan(SEQ, (14, 6, 14, 6)), "running")
+    cands = propose(j, heavy, running, fb)
+    labels = [c.label for c in cands]
+    fill = [lab for lab in labels if lab.startswith("fallback-")]
+    assert len(cands) == OptimiserConfig().n_candidates
+    assert fill and labels[-len(fill):] == fill, labels
+    slack = OptimiserConfig().capacity_slack
+    for c in cands:
+        assert over_capacity(c.program, fb, demand, 0.95, slack) == ()
+        assert validate(j, c.program, previous=running) == ()
+    # A set full without them has none.
+    full = [c.label for c in propose(j, estimate(j, FLOWS), fb, fb)]
+    assert len(full) == OptimiserConfig().n_candidates
+    assert not [lab for lab in full if lab.startswith("fallback-")], full
