@@ -212,6 +212,10 @@ class DetectorPerception:
 # -- configuration and records ------------------------------------------------------
 
 
+#: The pedestrian floor's slack where it is switched on without one (service, scenarios).
+PEDESTRIAN_SLACK_S = 1.0
+
+
 @dataclass(frozen=True)
 class AdaptiveConfig:
     """Parameters of the decision loop (see docs/adaptive.md)."""
@@ -388,8 +392,8 @@ def scores_by_program(scores: Iterable[Score]) -> dict[str, ProgramScore]:
 class PedestrianFloor:
     """The most predicted delay per pedestrian a plan may have (``pedestrian_slack_s``)."""
 
-    #: The fallback's predicted pedestrian delay plus the slack; ``None``: no floor.
-    limit_s: float | None
+    #: The fallback's predicted delay per pedestrian this epoch; ``None``: no floor.
+    fallback_s: float | None
     slack_s: float
 
     def breach(self, program_id: str, scores: Mapping[str, ProgramScore]) -> str | None:
@@ -397,10 +401,10 @@ class PedestrianFloor:
         prediction)."""
         sc = scores.get(program_id)
         ped = None if sc is None else sc.pedestrian_delay_s
-        if self.limit_s is None or ped is None or ped <= self.limit_s + 1e-9:
+        if self.fallback_s is None or ped is None or ped <= self.fallback_s + self.slack_s + 1e-9:
             return None
         return (f"predicted pedestrian delay {ped:.1f} s exceeds the fallback's "
-                f"{self.limit_s - self.slack_s:.1f} s + {self.slack_s:g} s")
+                f"{self.fallback_s:.1f} s + {self.slack_s:g} s")
 
 
 @dataclass(frozen=True, eq=False)
@@ -817,9 +821,9 @@ class AdaptiveCore:
     def _pedestrian_floor(self, result: Mapping[str, ProgramScore]) -> PedestrianFloor:
         slack = self.config.pedestrian_slack_s
         ref = result.get(self.fallback.id)
-        if slack is None or ref is None or ref.pedestrian_delay_s is None:
+        if slack is None or ref is None:
             return PedestrianFloor(None, 0.0)
-        return PedestrianFloor(ref.pedestrian_delay_s + slack, slack)
+        return PedestrianFloor(ref.pedestrian_delay_s, slack)
 
     def _gate(self, program: SignalProgram, running: SignalProgram) -> tuple[Violation, ...]:
         """The safety gate: the program, the switch to it, and the switch back to the fallback.

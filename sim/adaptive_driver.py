@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from controller.adaptive import (
+    PEDESTRIAN_SLACK_S,
     AdaptiveConfig,
     AdaptiveCore,
     AnalyticEvaluator,
@@ -462,8 +463,6 @@ class OracleDriver(AdaptiveDriver):
 
 register_driver("adaptive", AdaptiveDriver)
 register_driver("oracle", OracleDriver)
-#: The slack of ``adaptive-ped-floor`` (the service's ``pedestrian_slack_s`` default).
-PED_FLOOR_SLACK_S = 1.0
 # The same controller with the pedestrian floor on: what the policy costs and buys.
 register_driver("adaptive-ped-floor", lambda ctx: AdaptiveDriver(
-    ctx, config=AdaptiveConfig(pedestrian_slack_s=PED_FLOOR_SLACK_S)))
+    ctx, config=AdaptiveConfig(pedestrian_slack_s=PEDESTRIAN_SLACK_S)))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from controller.adaptive import PEDESTRIAN_SLACK_S
 from controller.errors import ConfigError
 from controller.wire import ID_PATTERN, MAX_PAYLOAD_BYTES, TopicKind
 
@@ -365,15 +366,18 @@ def _metrics(doc: Mapping[str, Any], path: Path) -> MetricsSection:
 
 def _controller(doc: Mapping[str, Any], path: Path) -> ControllerSection:
     t = _section(doc, "controller", path)
+    # Absent keys take the section's defaults: one place, not a second copy here.
+    d = ControllerSection()
     out = ControllerSection(
-        adaptive=t.get("adaptive", t.boolean, True),
-        margin=t.get("margin", t.number(0.0, 0.99), 0.05),
-        min_gain_s=t.get("min_gain_s", t.number(0.0, 600.0), 0.2),
+        adaptive=t.get("adaptive", t.boolean, d.adaptive),
+        margin=t.get("margin", t.number(0.0, 0.99), d.margin),
+        min_gain_s=t.get("min_gain_s", t.number(0.0, 600.0), d.min_gain_s),
         pedestrian_slack_s=_pedestrian_slack(t),
-        lease_cycles=t.get("lease_cycles", t.number(1.0, 10.0, open_lo=True), 2.5),
-        decision_lead_s=t.get("decision_lead_s", t.integer(1, 60), 12),
-        max_state_age_s=t.get("max_state_age_s", t.number(0.0, 60.0, open_lo=True), 5.0),
-        program_prefix=t.get("program_prefix", t.string(pattern=True), "atsc"),
+        lease_cycles=t.get("lease_cycles", t.number(1.0, 10.0, open_lo=True), d.lease_cycles),
+        decision_lead_s=t.get("decision_lead_s", t.integer(1, 60), d.decision_lead_s),
+        max_state_age_s=t.get("max_state_age_s", t.number(0.0, 60.0, open_lo=True),
+                              d.max_state_age_s),
+        program_prefix=t.get("program_prefix", t.string(pattern=True), d.program_prefix),
     )
     t.finish()
     if len(out.program_prefix) > 24:
@@ -385,7 +389,7 @@ def _controller(doc: Mapping[str, Any], path: Path) -> ControllerSection:
 def _pedestrian_slack(t: _Table) -> float | None:
     """``pedestrian_floor`` (off by default) and its ``pedestrian_slack_s``."""
     on = t.get("pedestrian_floor", t.boolean, False)
-    slack = t.get("pedestrian_slack_s", t.number(0.0, 120.0), 1.0)
+    slack = t.get("pedestrian_slack_s", t.number(0.0, 120.0), PEDESTRIAN_SLACK_S)
     return slack if on else None
 
 
