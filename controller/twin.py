@@ -144,6 +144,11 @@ class TwinConfig:
     push_buttons: Mapping[str, tuple[str, ...]]
     #: Persons per vehicle by twin vehicle kind (``car``, ``bus``).
     occupancy: Mapping[str, float] = field(default_factory=lambda: {CAR: 1.3, BUS: 20.0})
+    #: Weight of one pedestrian in the person delay that ranks plans (Gewichtung des
+    #: Fußverkehrs), a policy: 1 counts a pedestrian as one person, as a car counts 1.3.
+    #: Above 1 the twin trades vehicle time for pedestrian time more readily; measured
+    #: in docs/adaptive.md ("Session 8").  ``TwinScore.pedestrian_delay_s`` is unweighted.
+    pedestrian_weight: float = 1.0
     #: Flow assumed per vehicle group without data (veh/h).
     default_flow_veh_h: float = 300.0
     #: Pedestrian arrivals per hour per pedestrian group (analytic pedestrian delay).
@@ -212,6 +217,8 @@ class TwinConfig:
             raise ValueError("terminal_s_per_vehicle and terminal_queued_mps must be >= 0")
         if self.max_replications < 1 or self.replication_vehicles < 1:
             raise ValueError("max_replications and replication_vehicles must be >= 1")
+        if not (math.isfinite(self.pedestrian_weight) and self.pedestrian_weight > 0):
+            raise ValueError("pedestrian_weight must be a finite number above 0")
         object.__setattr__(self, "lanes", dict(self.lanes))
         object.__setattr__(self, "lane_routes", dict(self.lane_routes))
         object.__setattr__(self, "upstream", dict(self.upstream))
@@ -603,7 +610,8 @@ class TwinScore:
     """Predicted delays of one program over the horizon (lower is better)."""
 
     program_id: str
-    #: Mean delay per person: car and bus passengers and pedestrians.
+    #: Mean delay per person: car and bus passengers and pedestrians, each pedestrian
+    #: counted ``TwinConfig.pedestrian_weight`` times (once by default).
     person_delay_s: float
     vehicle_delay_s: float
     pedestrian_delay_s: float
@@ -1082,8 +1090,9 @@ class _Worker:
         # pedestrians (analytic, the same in every draw) count once per draw.
         ped_once, peds_once = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
         ped_loss, peds = ped_once * len(draws), peds_once * len(draws)
-        persons = occ_car * n_car + occ_bus * n_bus + peds
-        person_loss = occ_car * car_loss + occ_bus * bus_loss + ped_loss + terminal
+        w_ped = cfg.pedestrian_weight
+        persons = occ_car * n_car + occ_bus * n_bus + w_ped * peds
+        person_loss = occ_car * car_loss + occ_bus * bus_loss + w_ped * ped_loss + terminal
         n_veh = n_car + n_bus
         return TwinScore(
             program_id=program.id,

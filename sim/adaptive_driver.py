@@ -62,6 +62,9 @@ from sim.twin_config import pocket_spills_from_model
 #: Twin horizon of scenario runs (evaluation.md: >= 300 s).
 TWIN_HORIZON_S = 300
 TWIN_WORKERS = 2
+#: The ``adaptive-ped-weight`` variant's pedestrian weight (``TwinConfig.pedestrian_weight``):
+#: measured in docs/adaptive.md ("Session 8") beside 1 and 5.
+PEDESTRIAN_WEIGHT = 3.0
 DECISIONS_FILE = "decisions.jsonl"
 _defaults = {"horizon_s": TWIN_HORIZON_S, "workers": TWIN_WORKERS}
 
@@ -105,7 +108,7 @@ def analytic_parts(model: JunctionModel) -> Parts:
 
 
 def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
-               workers: int | None = None) -> Parts:
+               workers: int | None = None, pedestrian_weight: float = 1.0) -> Parts:
     """The production parts: the project's optimiser and the SUMO twin in worker processes."""
     horizon_s = _defaults["horizon_s"] if horizon_s is None else horizon_s
     workers = _defaults["workers"] if workers is None else workers
@@ -113,7 +116,8 @@ def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
     from controller.twin import SnapshotBuilder, SumoTwin
     from sim.twin_config import twin_config_from_model
 
-    config = twin_config_from_model(model, horizon_s=horizon_s)
+    config = twin_config_from_model(model, horizon_s=horizon_s,
+                                    pedestrian_weight=pedestrian_weight)
     twin = SumoTwin(config, workers=workers)
     return Parts(
         proposer=propose,
@@ -466,3 +470,6 @@ register_driver("oracle", OracleDriver)
 # The same controller with the pedestrian floor on: what the policy costs and buys.
 register_driver("adaptive-ped-floor", lambda ctx: AdaptiveDriver(
     ctx, config=AdaptiveConfig(pedestrian_slack_s=PEDESTRIAN_SLACK_S)))
+# The softer policy: each pedestrian weighs PEDESTRIAN_WEIGHT persons in the twin's ranking.
+register_driver("adaptive-ped-weight", lambda ctx: AdaptiveDriver(
+    ctx, parts=twin_parts(ctx.model, pedestrian_weight=PEDESTRIAN_WEIGHT)))

@@ -157,6 +157,20 @@ def test_the_service_decides_like_the_evaluated_core_unless_configured_otherwise
     assert slack.controller.pedestrian_slack_s == 2.5
 
 
+def test_twin_pedestrian_weight_defaults_to_the_twin_and_is_checked(tmp_path: Path) -> None:
+    from controller.service.config import TwinSection
+    from controller.twin import TwinConfig
+
+    default = TwinConfig.__dataclass_fields__["pedestrian_weight"].default
+    assert TwinSection().pedestrian_weight == load_config(None).twin.pedestrian_weight == default
+    five = load_config(_edit(tmp_path, "timeout_s = 20.0", "timeout_s = 20.0\n"
+                             "pedestrian_weight = 5"))
+    assert five.twin.pedestrian_weight == 5.0
+    with pytest.raises(ConfigError, match=r"\[twin\] pedestrian_weight: must be a number above 0"):
+        load_config(_edit(tmp_path, "timeout_s = 20.0", "timeout_s = 20.0\n"
+                          "pedestrian_weight = 0"))
+
+
 def test_fallback_from_a_program_file(tmp_path: Path) -> None:
     import json
 
@@ -176,3 +190,21 @@ def test_fallback_from_a_program_file(tmp_path: Path) -> None:
     (tmp_path / "fb.json").write_text('{"id": "x", "cycle_s": 500, "offset_s": 0, "greens": {}}')
     with pytest.raises(ConfigError, match="out_of_range"):
         load_fallback(load_config(path), load_junction(cfg.junction.path).signals)
+
+
+@pytest.mark.sumo
+def test_the_service_twin_ranks_with_the_configured_pedestrian_weight(tmp_path: Path) -> None:
+    from controller.metrics import Metrics
+    from controller.service.app import build_parts, load_fallback
+    from controller.twin import SumoTwin
+    from sim.junction import load_junction
+
+    cfg = load_config(_edit(tmp_path, 'evaluator = "analytic"', 'evaluator = "sumo"\n'
+                            "pedestrian_weight = 3"))
+    model = load_junction(cfg.junction.path)
+    parts = build_parts(cfg, model, load_fallback(cfg, model.signals), Metrics(), 1)
+    try:
+        assert isinstance(parts.evaluator, SumoTwin)
+        assert parts.evaluator.config.pedestrian_weight == 3.0
+    finally:
+        parts.close()

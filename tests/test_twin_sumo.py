@@ -171,3 +171,27 @@ def test_vehicle_net_links_map_to_the_junction_links_by_lane(
         if lk.crossing is None and "passenger" in lk.vclasses
     )
 
+
+
+def test_pedestrian_weight_moves_person_delay_towards_the_pedestrians(twin: SumoTwin) -> None:
+    """A policy weight on pedestrians changes the ranking score, never the predictions."""
+    snap = queued_snapshot()
+    programs = [RUNNING, STARVES_QUEUE]
+    plain = twin.evaluate(snap, programs)
+    with SumoTwin(replace(CFG, pedestrian_weight=5.0), workers=1) as weighted_twin:
+        weighted = weighted_twin.evaluate(snap, programs)
+    for a, b in zip(plain, weighted, strict=True):
+        assert (a.vehicle_delay_s, a.pedestrian_delay_s, a.bus_delay_s, a.vehicles) == (
+            b.vehicle_delay_s, b.pedestrian_delay_s, b.bus_delay_s, b.vehicles)
+        assert a.pedestrian_delay_s != pytest.approx(a.person_delay_s, abs=0.5)
+        # Five times the pedestrians' weight pulls the mean towards their delay.
+        lo, hi = sorted((a.person_delay_s, a.pedestrian_delay_s))
+        assert lo < b.person_delay_s < hi
+        assert abs(b.person_delay_s - b.pedestrian_delay_s) < abs(
+            a.person_delay_s - a.pedestrian_delay_s)
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
+def test_pedestrian_weight_must_be_a_positive_number(weight: float) -> None:
+    with pytest.raises(ValueError, match="pedestrian_weight"):
+        replace(CFG, pedestrian_weight=weight)

@@ -245,7 +245,8 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
         from controller.twin import SnapshotBuilder, SumoTwin
         from sim.twin_config import twin_config_from_model
 
-        twin_cfg = twin_config_from_model(model, horizon_s=cfg.twin.horizon_s)
+        twin_cfg = twin_config_from_model(model, horizon_s=cfg.twin.horizon_s,
+                                          pedestrian_weight=cfg.twin.pedestrian_weight)
         twin = SumoTwin(twin_cfg, workers=cfg.twin.workers)
         inner: Any = twin
         snapshots = SnapshotBuilder(twin_cfg)

@@ -113,6 +113,8 @@ class TwinSection:
     horizon_s: int = 300
     #: One decision's twin evaluations must finish within this; otherwise nothing is pushed.
     timeout_s: float = 10.0
+    #: Persons one pedestrian counts for in the twin's ranking (``TwinConfig.pedestrian_weight``).
+    pedestrian_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -395,11 +397,14 @@ def _pedestrian_slack(t: _Table) -> float | None:
 
 def _twin(doc: Mapping[str, Any], path: Path) -> TwinSection:
     t = _section(doc, "twin", path)
+    d = TwinSection()
     out = TwinSection(
-        evaluator=t.get("evaluator", t.choice(EVALUATORS), "sumo"),
-        workers=t.get("workers", t.integer(1, 64), 2),
-        horizon_s=t.get("horizon_s", t.integer(30, 3600), 300),
-        timeout_s=t.get("timeout_s", t.number(0.0, 300.0, open_lo=True), 10.0),
+        evaluator=t.get("evaluator", t.choice(EVALUATORS), d.evaluator),
+        workers=t.get("workers", t.integer(1, 64), d.workers),
+        horizon_s=t.get("horizon_s", t.integer(30, 3600), d.horizon_s),
+        timeout_s=t.get("timeout_s", t.number(0.0, 300.0, open_lo=True), d.timeout_s),
+        pedestrian_weight=t.get("pedestrian_weight", t.number(0.0, 100.0, open_lo=True),
+                                d.pedestrian_weight),
     )
     t.finish()
     return out
