@@ -120,6 +120,10 @@ class TwinYield:
     clear_s: float
 
 
+#: Persons one pedestrian counts for in the ranking score unless configured otherwise.
+DEFAULT_PEDESTRIAN_WEIGHT = 1.0
+
+
 @dataclass(frozen=True)
 class TwinConfig:
     """Everything a twin worker needs, as plain picklable data (no ground truth).
@@ -148,7 +152,7 @@ class TwinConfig:
     #: Fußverkehrs), a policy: 1 counts a pedestrian as one person, as a car counts 1.3.
     #: Above 1 the twin trades vehicle time for pedestrian time more readily; measured
     #: in docs/adaptive.md ("Session 8").  ``TwinScore.pedestrian_delay_s`` is unweighted.
-    pedestrian_weight: float = 1.0
+    pedestrian_weight: float = DEFAULT_PEDESTRIAN_WEIGHT
     #: Flow assumed per vehicle group without data (veh/h).
     default_flow_veh_h: float = 300.0
     #: Pedestrian arrivals per hour per pedestrian group (analytic pedestrian delay).

@@ -52,7 +52,15 @@ from controller.messages import DetectorReading, HardwareState
 from controller.plans import SignalProgram, stage_green_times
 from controller.signals import GroupKind
 from controller.transport import InProcessTransport, Journal, exchange
-from controller.twin import BUS, CAR, SnapshotBuilder, TwinConfig, TwinSnapshot, TwinVehicle
+from controller.twin import (
+    BUS,
+    CAR,
+    DEFAULT_PEDESTRIAN_WEIGHT,
+    SnapshotBuilder,
+    TwinConfig,
+    TwinSnapshot,
+    TwinVehicle,
+)
 from sim.drivers import DriverContext, register_driver
 from sim.flows import saturation_flow
 from sim.hardware import SignalController
@@ -64,7 +72,7 @@ TWIN_HORIZON_S = 300
 TWIN_WORKERS = 2
 #: The ``adaptive-ped-weight`` variant's pedestrian weight (``TwinConfig.pedestrian_weight``):
 #: measured in docs/adaptive.md ("Session 8") beside 1 and 5.
-PEDESTRIAN_WEIGHT = 3.0
+VARIANT_PEDESTRIAN_WEIGHT = 3.0
 DECISIONS_FILE = "decisions.jsonl"
 _defaults = {"horizon_s": TWIN_HORIZON_S, "workers": TWIN_WORKERS}
 
@@ -108,7 +116,8 @@ def analytic_parts(model: JunctionModel) -> Parts:
 
 
 def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,
-               workers: int | None = None, pedestrian_weight: float = 1.0) -> Parts:
+               workers: int | None = None,
+               pedestrian_weight: float = DEFAULT_PEDESTRIAN_WEIGHT) -> Parts:
     """The production parts: the project's optimiser and the SUMO twin in worker processes."""
     horizon_s = _defaults["horizon_s"] if horizon_s is None else horizon_s
     workers = _defaults["workers"] if workers is None else workers
@@ -470,6 +479,6 @@ register_driver("oracle", OracleDriver)
 # The same controller with the pedestrian floor on: what the policy costs and buys.
 register_driver("adaptive-ped-floor", lambda ctx: AdaptiveDriver(
     ctx, config=AdaptiveConfig(pedestrian_slack_s=PEDESTRIAN_SLACK_S)))
-# The softer policy: each pedestrian weighs PEDESTRIAN_WEIGHT persons in the twin's ranking.
+# The softer policy: each pedestrian weighs VARIANT_PEDESTRIAN_WEIGHT persons in the twin's ranking.
 register_driver("adaptive-ped-weight", lambda ctx: AdaptiveDriver(
-    ctx, parts=twin_parts(ctx.model, pedestrian_weight=PEDESTRIAN_WEIGHT)))
+    ctx, parts=twin_parts(ctx.model, pedestrian_weight=VARIANT_PEDESTRIAN_WEIGHT)))

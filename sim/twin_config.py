@@ -23,6 +23,7 @@ from controller.signals import GroupKind
 from controller.twin import (
     BUS,
     CAR,
+    DEFAULT_PEDESTRIAN_WEIGHT,
     TwinApproach,
     TwinConfig,
     TwinLane,
@@ -383,7 +384,7 @@ def twin_config_from_model(
     horizon_s: int = 300,
     occupancy: Mapping[str, float] | None = None,
     pedestrian_flow_per_h: Mapping[str, float] | None = None,
-    pedestrian_weight: float = 1.0,
+    pedestrian_weight: float = DEFAULT_PEDESTRIAN_WEIGHT,
     seed: int = 42,
     detailed: bool = False,
     vehicle_net: bool = False,

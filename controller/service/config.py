@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 from controller.adaptive import PEDESTRIAN_SLACK_S
 from controller.errors import ConfigError
+from controller.twin import DEFAULT_PEDESTRIAN_WEIGHT
 from controller.wire import ID_PATTERN, MAX_PAYLOAD_BYTES, TopicKind
 
 #: The example configuration ``atsc serve`` uses without ``--config``.
@@ -114,7 +115,7 @@ class TwinSection:
     #: One decision's twin evaluations must finish within this; otherwise nothing is pushed.
     timeout_s: float = 10.0
     #: Persons one pedestrian counts for in the twin's ranking (``TwinConfig.pedestrian_weight``).
-    pedestrian_weight: float = 1.0
+    pedestrian_weight: float = DEFAULT_PEDESTRIAN_WEIGHT
 
 
 @dataclass(frozen=True)
