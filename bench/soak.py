@@ -106,8 +106,16 @@ class Schedule:
 
     # Wall-clock pauses (a restarted process does not care how fast the field runs).
     broker1_down_s: float = 3.0
-    crash_down_s: float = 10.0
     garbage_repeats: int = 40
+
+    @property
+    def crash_down_s(self) -> float:
+        """10 s, or longer than one cycle at the ceiling (120 s, safety.md V5) at this speed.
+
+        The field leaves a plan only at its next switch point; a service back sooner than
+        that never shows the fallback, and a run that should prove D3 would prove nothing.
+        """
+        return max(10.0, 120.0 / self.speed + 2.0)
 
     @property
     def broker2_down_s(self) -> float:
