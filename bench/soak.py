@@ -118,6 +118,16 @@ class Schedule:
         return max(10.0, 120.0 / self.speed + 2.0)
 
     @property
+    def crash_latest(self) -> float:
+        """The crash waits for the field to run a plan of the service, until here at most.
+
+        Killing the service while the field already runs its own program (after the detector
+        outage the service may keep the fallback when no candidate beats it by the margin)
+        would leave nothing for D3 to show.
+        """
+        return round(self.sim_s * 0.88)
+
+    @property
     def broker2_down_s(self) -> float:
         """15 s, less in short runs so the service is back before the crash fault."""
         return min(15.0, 0.04 * self.sim_s / self.speed)
@@ -234,8 +244,8 @@ class Observer:
 # -- the service ------------------------------------------------------------------------------
 
 
-def service_config(path: Path, fallback_file: Path, port: int, metrics_port: int,
-                   evaluator: str) -> Path:
+def service_config(path: Path, fallback_file: Path, port: int, metrics_port: int, *,
+                   evaluator: str, margin: float) -> Path:
     """ops/schlosskreuzung.toml with this run's broker, metrics port and fallback program."""
     path.write_text(f"""# bench/soak.py, one soak run; the rest as in ops/schlosskreuzung.toml.
 [junction]
@@ -259,7 +269,7 @@ bind = "127.0.0.1"
 
 [controller]
 adaptive = true
-margin = 0.03
+margin = {margin:g}
 min_gain_s = 0.2
 lease_cycles = 2.5
 decision_lead_s = 12
@@ -526,6 +536,11 @@ class Soak:
                   service_alive=inst.proc.poll() is None, sent=dict(sent))
 
     async def crash(self) -> None:
+        seen = self.observer.seen if self.observer else Observed()
+        deadline = self.wall_of(self.sched.crash_latest)
+        while time.time() < deadline and (not seen.states or seen.states[-1]["fallback"]):
+            await asyncio.sleep(0.2)
+        running = seen.states[-1] if seen.states else None
         async with self._lock:
             inst = self.service
             await self.scrape_now(inst)
@@ -533,7 +548,9 @@ class Soak:
             inst.proc.send_signal(signal.SIGKILL)
             inst.exit_code = await asyncio.to_thread(inst.proc.wait, 10)
             inst.ended = time.time()
-        ev = self.note("service SIGKILL", instance=inst.n, exit_code=inst.exit_code)
+        ev = self.note("service SIGKILL", instance=inst.n, exit_code=inst.exit_code,
+                       field_running=None if running is None else running["program_id"],
+                       field_in_fallback=None if running is None else running["fallback"])
         await asyncio.sleep(self.sched.crash_down_s)
         async with self._lock:
             new = self.start_service()
@@ -594,7 +611,8 @@ class Soak:
                 raise RuntimeError(f"field did not write {fallback_file}; see field.log")
             await asyncio.sleep(0.1)
         self.config = service_config(self.out / "service.toml", fallback_file,
-                                     self.broker.port, self.metrics_port, self.args.evaluator)
+                                     self.broker.port, self.metrics_port,
+                                     evaluator=self.args.evaluator, margin=self.args.margin)
         self.start_service()
         while self.observer.seen.first_state_wall is None:
             if self.field.poll() is not None or time.time() > deadline:
@@ -766,7 +784,9 @@ def analyse(soak: Soak, hil: dict[str, Any], field_rc: int) -> dict[str, Any]:
         what = (f"Last Will 'offline' at the field {_secs(t_kill, will['recv'] if will else None)}"
                 f" s after the kill; fallback "
                 + (f"'{fb['reason']}' {_secs(t_kill, fb['ts'])} s after the kill; "
-                   if fb else "NOT entered; ")
+                   if fb else "NOT entered"
+                   + (" (the field already ran its fallback at the kill); "
+                      if e.get("field_in_fallback") else "; "))
                 + f"restart after {t_up - t_kill:.1f} s; online "
                 f"{_secs(t_up, svc['ts'] if svc else None)} s after restart, first plan "
                 f"{_secs(t_up, plan['ts'] if plan else None)} s, "
@@ -775,7 +795,8 @@ def analyse(soak: Soak, hil: dict[str, Any], field_rc: int) -> dict[str, Any]:
         rows.append({"fault": "service SIGKILL + restart", "at": t_kill, "what": what,
                      "recover_s": _secs(t_up, back["ts"] if back else
                                         (svc["ts"] if svc else None)),
-                     "detail": {"fallback": fb, "down_s": round(t_up - t_kill, 2)}})
+                     "detail": {"fallback": fb, "down_s": round(t_up - t_kill, 2),
+                                "field_in_fallback_at_kill": e.get("field_in_fallback")}})
 
     e = ev("service SIGTERM")
     if e is not None:
@@ -956,6 +977,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluator", choices=("sumo", "analytic"), default="sumo")
     ap.add_argument("--faults", default="all",
                     help=f"comma-separated subset of {','.join(FAULTS)} (default all)")
+    ap.add_argument("--margin", type=float, default=0.03,
+                    help="[controller] margin of the service; 0 pushes every better plan, "
+                         "so the field runs the service's plans whenever faults strike")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "soak")
     ap.add_argument("--json", type=Path, default=None, help="default <out>/soak.json")
     args = ap.parse_args(argv)
