@@ -37,8 +37,13 @@ class MaxPressureConfig:
     margin_veh: float = 4.0
     max_green_s: int = 60
     #: Buffer (s) on top of the time a stage needs to turn green before a group in it
-    #: would pass its maximum red; leaves room when two stages become urgent together.
-    starvation_margin_s: int = 15
+    #: would pass its maximum red.  The guard walks the whole cyclic order at minimum
+    #: greens, so the buffer only covers transitions that run a second or two longer.
+    #: 15 s (until session 9) left no room at the Schlosskreuzung (maximum red 110 s,
+    #: minimum cycle 94 s): every stage ended at its minimum green, every cycle alike,
+    #: 1.45 x the fixed plan's delay.  5 s: 1.16 x, no maximum-red finding
+    #: (docs/baselines.md, "The starvation margin").
+    starvation_margin_s: int = 5
     #: Pressure a stop-line loop occupied for the whole last second adds
     #: (a movement with a presence but no queue detector).
     presence_weight: float = 1.0
@@ -94,6 +99,10 @@ class MaxPressure:
             s: min(self.config.max_green_s, mins[s] + room // len(self.stages))
             for s in self.stages
         }
+
+    def max_green_s(self, stage: str) -> int:
+        """The longest green ``stage`` may run (its share of the room the maximum cycle leaves)."""
+        return self._max_green[stage]
 
     def observe(self, reading: DetectorReading) -> None:
         info = self._detectors.get(reading.detector_id)
