@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.messages import DetectorInfo, DetectorKind, DetectorReading
-from controller.plans import lost_time_s, transition
+from controller.plans import SignalProgram, lost_time_s, stage_timing, transition
 from controller.signals import JunctionSignals
 from controller.stepper import StageStepper
 
@@ -58,6 +58,7 @@ class MaxPressure:
         detectors: Sequence[DetectorInfo],
         sequence: Sequence[str] | None = None,
         config: MaxPressureConfig = MaxPressureConfig(),
+        reference: SignalProgram | None = None,
     ) -> None:
         self.junction = junction
         self.config = config
@@ -69,6 +70,8 @@ class MaxPressure:
             st.id: max((j.group(g).min_green_s + j.early_end(g) for g in st.groups), default=0)
             for st in j.stages
         }
+        if reference is not None and reference.stage_plan is not None:
+            self._max_green.update(self._reference_max_greens(reference))
         self._transition_s = {
             (a.id, b.id): transition(j, a.id, b.id).length_s
             for a in j.stages for b in j.stages if a.id != b.id
@@ -98,6 +101,29 @@ class MaxPressure:
         return {
             s: min(self.config.max_green_s, mins[s] + room // len(self.stages))
             for s in self.stages
+        }
+
+    def _reference_max_greens(self, reference: SignalProgram) -> dict[str, int]:
+        """Maximum greens as SUMO's actuated baseline gets them (sim/tlsprogram.py).
+
+        The engineer's plan's green plus the room up to the maximum cycle, shared in
+        proportion to the greens: a stage the plan sizes for heavy demand may run
+        longer than one sized for light demand.  Without this every stage got an
+        equal share of the room, and the north left turn of asymmetric turning
+        (300 veh/h) at most 14 s where the Webster plan gives it more.
+        """
+        plan = reference.stage_plan
+        assert plan is not None
+        j = self.junction
+        timing = stage_timing(j, plan)
+        greens = {sid: end - start
+                  for sid, (start, end, _) in zip(plan.sequence, timing, strict=True)}
+        total = sum(greens.values()) or 1
+        room = max(0, j.max_cycle_s - reference.cycle_s)
+        return {
+            sid: max(self._stage_min.get(sid, 0),
+                     min(self.config.max_green_s, g + room * g // total))
+            for sid, g in greens.items() if sid in self.stages
         }
 
     def max_green_s(self, stage: str) -> int:

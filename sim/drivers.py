@@ -98,7 +98,9 @@ class MaxPressureDriver:
     native = False
 
     def __init__(self, ctx: DriverContext) -> None:
-        self.logic = MaxPressure(ctx.model.signals, ctx.model.detectors, ctx.sequence)
+        # The maximum greens come from the engineer's plan, as for SUMO's actuated baseline.
+        self.logic = MaxPressure(ctx.model.signals, ctx.model.detectors, ctx.sequence,
+                                 reference=ctx.fixed_program)
 
     def step(self, now: float, readings: Sequence[DetectorReading]) -> Mapping[str, str]:
         for r in readings:

@@ -14,16 +14,24 @@ import pytest
 
 from controller.max_pressure import MaxPressure, MaxPressureConfig
 from controller.messages import DetectorKind, DetectorReading
+from controller.plans import SignalProgram
 from sim.junction import load_junction
 
 JUNCTION = Path(__file__).resolve().parent.parent / "scenarios" / "schlosskreuzung"
 
 
+def reference_plan(scenario: str) -> SignalProgram:
+    """The Webster plan of a scenario, as the max-pressure driver gets it."""
+    from sim.runner import case_from_scenario, fixed_time_plan
+
+    return fixed_time_plan(case_from_scenario(scenario), load_junction(JUNCTION), ())[1]
+
+
 def longest_reds(
-    busy: set[str], seconds: int = 1500
+    busy: set[str], seconds: int = 1500, reference: SignalProgram | None = None
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     m = load_junction(JUNCTION)
-    mp = MaxPressure(m.signals, m.detectors)
+    mp = MaxPressure(m.signals, m.detectors, reference=reference)
     queues = [d for d in m.detectors if d.kind is DetectorKind.QUEUE]
     red_since = {g: 0 for g in m.signals.group_ids}
     longest = dict.fromkeys(m.signals.group_ids, 0)
@@ -42,9 +50,14 @@ def longest_reds(
     return longest, {g.id: g.max_red_s for g in m.signals.groups}, green
 
 
+@pytest.mark.parametrize("reference", [None, "asymmetric_turning", "night"])
 @pytest.mark.parametrize("busy", [{"K1", "K3"}, {"K2", "K4"}, {"K1", "K3", "K2", "K4"}, set()])
-def test_every_group_is_served_within_its_maximum_red(busy: set[str]) -> None:
-    longest, max_red, green = longest_reds(busy)
+def test_every_group_is_served_within_its_maximum_red(busy: set[str], reference: str | None
+                                                      ) -> None:
+    """With the equal share of the room, and with the maximum greens of a Webster plan
+    (asymmetric turning: a 120 s plan, so the stages may fill the maximum cycle)."""
+    plan = reference_plan(reference) if reference else None
+    longest, max_red, green = longest_reds(busy, reference=plan)
     assert all(green[g] > 0 for g in longest)  # every group was served at all
     over = {g: (longest[g], max_red[g]) for g in longest if longest[g] > max_red[g]}
     assert not over, f"red longer than the maximum red (longest, allowed): {over}"
@@ -84,3 +97,23 @@ def test_the_busiest_stage_runs_its_maximum_green(margin_s: int | None) -> None:
     runs, mp = green_runs(queue, config)
     assert len(runs["K1"]) >= 10
     assert min(runs["K1"]) >= mp.max_green_s("P1"), (runs["K1"], mp.max_green_s("P1"))
+
+
+def test_maximum_greens_follow_the_engineers_plan() -> None:
+    """As SUMO's actuated baseline: the plan's greens plus the room to the maximum cycle,
+    shared in proportion; a stage the plan sizes for heavy demand may run longer."""
+    m = load_junction(JUNCTION)
+    plain = MaxPressure(m.signals, m.detectors)
+    for scenario in ("asymmetric_turning", "midday"):
+        plan = reference_plan(scenario)
+        assert plan.stage_plan is not None
+        mp = MaxPressure(m.signals, m.detectors, reference=plan)
+        got = {s: mp.max_green_s(s) for s in mp.stages}
+        greens = dict(zip(plan.stage_plan.sequence, plan.stage_plan.greens_s, strict=True))
+        assert all(got[s] >= greens[s] for s in got), (scenario, got, greens)
+        # Never beyond what the maximum cycle leaves.
+        assert sum(got.values()) <= m.signals.max_cycle_s - (plan.cycle_s - sum(greens.values()))
+    asym = reference_plan("asymmetric_turning")
+    mp = MaxPressure(m.signals, m.detectors, reference=asym)
+    # The heavy north left turn (P2) gets more than the equal share gave it.
+    assert mp.max_green_s("P2") > plain.max_green_s("P2")
