@@ -41,8 +41,8 @@ class MaxPressureConfig:
     #: greens, so the buffer only covers transitions that run a second or two longer.
     #: 15 s (until session 9) left no room at the Schlosskreuzung (maximum red 110 s,
     #: minimum cycle 94 s): every stage ended at its minimum green, every cycle alike,
-    #: 1.45 x the fixed plan's delay.  5 s: 1.16 x, no maximum-red finding
-    #: (docs/baselines.md, "The starvation margin").
+    #: 1.45 x the fixed plan's delay.  5 s: 1.16 x (equal maximum greens), no
+    #: maximum-red finding (docs/baselines.md, "The starvation margin").
     starvation_margin_s: int = 5
     #: Pressure a stop-line loop occupied for the whole last second adds
     #: (a movement with a presence but no queue detector).
