@@ -12,9 +12,11 @@ Pressure of a stage = sum over its vehicle groups of the queued vehicles on
 the group's approach lanes (queue detectors, metres / vehicle spacing; the
 downstream term of the original formulation (Varaiya 2013) is zero here
 because the exits of a single junction flow freely), plus a weight per
-waiting pedestrian request.  Maximum greens share the room between the
-minimum cycle and the junction's maximum cycle equally, so no group waits
-longer than the maximum cycle allows (safety.md V5).
+waiting pedestrian request.  Maximum greens come from the engineer's plan
+when one is given (``reference``: its greens plus the room up to the maximum
+cycle, shared in proportion, as SUMO's actuated baseline gets them), else
+they share that room equally; a guard that walks the cyclic order keeps every
+group within its maximum red either way (safety.md V5).
 """
 
 from __future__ import annotations
