@@ -25,7 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.messages import DetectorInfo, DetectorKind, DetectorReading
-from controller.plans import SignalProgram, lost_time_s, stage_timing, transition
+from controller.plans import (
+    SignalProgram,
+    lost_time_s,
+    room_shares,
+    stage_timing,
+    transition,
+)
 from controller.signals import JunctionSignals
 from controller.stepper import StageStepper
 
@@ -116,16 +122,13 @@ class MaxPressure:
         """
         plan = reference.stage_plan
         assert plan is not None
-        j = self.junction
-        timing = stage_timing(j, plan)
-        greens = {sid: end - start
-                  for sid, (start, end, _) in zip(plan.sequence, timing, strict=True)}
-        total = sum(greens.values()) or 1
-        room = max(0, j.max_cycle_s - reference.cycle_s)
+        timing = stage_timing(self.junction, plan)
+        shares = room_shares(self.junction, reference)
         return {
             sid: max(self._stage_min.get(sid, 0),
-                     min(self.config.max_green_s, g + room * g // total))
-            for sid, g in greens.items() if sid in self.stages
+                     min(self.config.max_green_s, end - start + share))
+            for sid, (start, end, _), share in zip(plan.sequence, timing, shares, strict=True)
+            if sid in self.stages
         }
 
     def max_green_s(self, stage: str) -> int:

@@ -233,6 +233,23 @@ def stage_timing(junction: JunctionSignals, plan: StagePlan) -> tuple[tuple[int,
     return tuple(out)
 
 
+def room_shares(junction: JunctionSignals, program: SignalProgram) -> tuple[int, ...]:
+    """Per stage of ``program``'s stage plan, its share of the room up to the maximum cycle.
+
+    The seconds between the program's cycle and ``junction.max_cycle_s``, shared in
+    proportion to the stages' greens (whole seconds, rounded down): how far a stage may
+    stretch beyond the engineer's plan without the cycle passing the maximum.  SUMO's
+    actuated baseline (maxDur) and max-pressure's maximum greens both use it.
+    """
+    plan = program.stage_plan
+    if plan is None:
+        raise ValueError("room shares need a stage-based signal program")
+    greens = [end - start for start, end, _ in stage_timing(junction, plan)]
+    total = sum(greens) or 1
+    room = max(0, junction.max_cycle_s - program.cycle_s)
+    return tuple(room * g // total for g in greens)
+
+
 def _layout(
     junction: JunctionSignals,
     seq: Sequence[str],

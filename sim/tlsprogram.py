@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from controller.plans import SignalProgram, group_states, stage_timing
+from controller.plans import SignalProgram, group_states, room_shares, stage_timing
 from controller.signals import GroupKind, JunctionSignals, SignalState
 
 _SUMO_TO_STATE = {
@@ -134,8 +134,7 @@ def write_native_program(
     # SUMO may stretch green times up to maxDur; share the room up to the maximum cycle
     # among the stages in proportion to their greens, so the actuated cycle never exceeds
     # it and no group waits longer than the rules allow.
-    greens_total = sum(e - s for s, e, _ in timing) or 1
-    room = max(0, signals.max_cycle_s - cycle)
+    shares = room_shares(signals, program)
     for k, stage_id in enumerate(plan.sequence):
         green_start, green_end, next_start = timing[k]
         # The extendable phase is the stage's green time up to the first change of any
@@ -158,7 +157,7 @@ def write_native_program(
                     "duration": str(green),
                     "minDur": str(max(1, min(min_green, green))),
                     "maxDur": str(
-                        min(max_green_s, green + room * (green_end - green_start) // greens_total)
+                        min(max_green_s, green + shares[k])
                     ),
                     "state": first,
                     "name": stage_id,

@@ -63,7 +63,6 @@ def test_every_group_is_served_within_its_maximum_red(busy: set[str], reference:
     assert not over, f"red longer than the maximum red (longest, allowed): {over}"
 
 
-
 def green_runs(queue_m: dict[str, float], config: MaxPressureConfig, seconds: int = 1500
                ) -> tuple[dict[str, list[int]], MaxPressure]:
     """Every green run (seconds) per group, with constant queues per group."""
