@@ -809,6 +809,7 @@ def propose(
         _persistence_candidates(b, estimate, seq, add)
     if seq and opt is not None:
         _event_candidates(b, estimate, seq, opt, add)
+        _overlap_candidates(b, seq, add)
         _variant_candidates(b, seq, opt, add)
         _fill_candidates(b, seq, add)
     return _gate(b, pool)
@@ -1044,6 +1045,53 @@ def _event_candidates(
         found = b.optimal(short)
         if found is not None:
             add("skip-" + "+".join(s for s in seq if s in skip), short, found[0])
+
+
+def overlap_sequences(
+    junction: JunctionSignals, seq: tuple[str, ...], flow_ratio: Mapping[str, float]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """Sequences with an overlap stage inserted, as ``(label, sequence)``.
+
+    At each position of ``seq`` where overlap stages fit (``overlap_position``), the one
+    whose own groups (those not in every fitting overlap) carry the highest flow ratio:
+    the heavier arm's left turn leads.  One sequence per position, then, where there are
+    several positions, one with all of them.
+    """
+    best: dict[int, str] = {}
+    for k in range(len(seq)):
+        fitting = [o.id for o in junction.overlap_stages
+                   if junction.overlap_position(o.id, seq)[k]]
+        if not fitting:
+            continue
+        common = frozenset.intersection(*(junction.stage(o).groups for o in fitting))
+
+        def load(o: str, common: frozenset[str] = common) -> float:
+            return sum(flow_ratio.get(g, 0.0) for g in junction.stage(o).groups - common)
+
+        best[k] = max(sorted(fitting), key=load)
+
+    def insert(positions: Sequence[int]) -> tuple[str, ...]:
+        out: list[str] = []
+        for k, st in enumerate(seq):
+            out.append(st)
+            if k in positions:
+                out.append(best[k])
+        return tuple(out)
+
+    found = [(f"overlap-{best[k]}", insert([k])) for k in sorted(best)]
+    if len(best) > 1:
+        found.append(("overlap-" + "+".join(best[k] for k in sorted(best)), insert(list(best))))
+    return found
+
+
+def _overlap_candidates(
+    b: _Builder, seq: tuple[str, ...], add: Callable[[str, tuple[str, ...], Greens], None]
+) -> None:
+    """The delay-optimal plan of each sequence with a leading left turn (overlap stage)."""
+    for label, longer in overlap_sequences(b.j, seq, b.flow_ratios()):
+        found = b.optimal(longer)
+        if found is not None:
+            add(label, longer, found[0])
 
 
 def _stage_of(

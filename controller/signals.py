@@ -5,6 +5,10 @@ Vocabulary (RiLSA / SUMO):
 - signal group (Signalgruppe): the set of SUMO link indices of one traffic light
   that always show the same colour (``SignalGroup.links``).
 - stage (Phase): a set of signal groups that are green together.
+- overlap stage (Überlappungsphase): a stage that carries groups of two
+  consecutive stages of the cycle, such as one arm's through and left turn
+  between the through stage and the left-turn stage (a leading left turn,
+  vorgezogener Linksabbieger).  Plans may insert one between its two stages.
 - intergreen (Zwischenzeit) ``Z[i][j]``: the minimum time from the end of green of
   the ending group ``i`` to the start of green of the starting group ``j``.
 - conflict: two groups whose road users would meet; they never show green,
@@ -112,6 +116,10 @@ class JunctionSignals:
     #: still show their yielding green, so no turning vehicle has priority over a
     #: pedestrian still on the crossing.  Configuration, like the intergreens.
     early_end_s: Mapping[str, int] = field(default_factory=dict)
+    #: Stages a plan may insert between two consecutive stages of ``stages`` whose groups
+    #: it carries (see ``overlap_position``); never part of the basic cycle, which the
+    #: fixed plan, actuated control and max-pressure run.
+    overlap_stages: tuple[Stage, ...] = ()
     _by_id: Mapping[str, SignalGroup] = field(init=False, repr=False, compare=False)
     _stage_by_id: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
 
@@ -119,7 +127,10 @@ class JunctionSignals:
         object.__setattr__(self, "intergreen", dict(self.intergreen))
         object.__setattr__(self, "early_end_s", dict(self.early_end_s))
         object.__setattr__(self, "_by_id", dict({g.id: g for g in self.groups}))
-        object.__setattr__(self, "_stage_by_id", dict({s.id: s for s in self.stages}))
+        object.__setattr__(
+            self, "_stage_by_id",
+            dict({s.id: s for s in (*self.stages, *self.overlap_stages)}),
+        )
         problems = self.problems()
         if problems:
             raise ValueError(f"junction {self.tls_id}: " + "; ".join(problems))
@@ -147,6 +158,22 @@ class JunctionSignals:
     def z(self, ending: str, starting: str) -> int:
         """Intergreen Z[ending][starting]; 0 for groups that do not conflict."""
         return self.intergreen.get((ending, starting), 0)
+
+    def overlap_position(self, overlap_id: str, sequence: tuple[str, ...]) -> list[bool]:
+        """Per position k of the cyclic ``sequence``: whether the overlap stage fits
+        between stage k and stage k+1.
+
+        It fits when it shares groups with both and holds only groups of the two, so
+        inserting it only moves green starts and ends that exist anyway.
+        """
+        o = self.stage(overlap_id).groups
+        out = []
+        for k, a_id in enumerate(sequence):
+            a = self.stage(a_id).groups
+            b = self.stage(sequence[(k + 1) % len(sequence)]).groups
+            fits = len(sequence) > 1 and bool(o & a) and bool(o & b) and o <= a | b
+            out.append(fits and o not in (a, b))
+        return out
 
     def conflicts_of(self, group_id: str) -> tuple[str, ...]:
         return tuple(g.id for g in self.groups if self.conflicting(group_id, g.id))
@@ -179,7 +206,14 @@ class JunctionSignals:
                 out.append(f"intergreen {i}->{j} given for groups that do not conflict")
             if z < 0:
                 out.append(f"negative intergreen {i}->{j}")
-        for stage in self.stages:
+        stage_ids = [s.id for s in (*self.stages, *self.overlap_stages)]
+        if len(set(stage_ids)) != len(stage_ids):
+            out.append("duplicate stage ids")
+        for stage in self.overlap_stages:
+            if not any(self.overlap_position(stage.id, tuple(s.id for s in self.stages))):
+                out.append(f"overlap stage {stage.id} carries groups of no two consecutive "
+                           "stages (it must share groups with both and hold no others)")
+        for stage in (*self.stages, *self.overlap_stages):
             unknown = stage.groups - known
             if unknown:
                 out.append(f"stage {stage.id} names unknown groups {sorted(unknown)}")

@@ -44,20 +44,34 @@ class WebsterResult:
     saturated: bool
 
 
+#: Shortest green time of an overlap stage: one second, so the stage is a real step of
+#: the sequence and not a transition in disguise.
+OVERLAP_MIN_GREEN_S = 1
+
+
 def stage_min_greens(junction: JunctionSignals, sequence: Sequence[str]) -> tuple[int, ...]:
     """Minimum green time of each stage: the largest minimum green (plus early end) of its
-    groups."""
-    # A group that ends early still needs its minimum green inside the stage.
-    return tuple(
-        max(
-            (
-                junction.group(g).min_green_s + junction.early_end(g)
-                for g in junction.stage(s).groups
-            ),
-            default=0,
-        )
-        for s in sequence
-    )
+    groups.
+
+    An overlap stage only counts the groups it alone serves: a group that runs on from the
+    stage before or into the stage after gets its minimum green over the stages together
+    (the validator checks it on the compiled program), so the overlap may be as short as
+    ``OVERLAP_MIN_GREEN_S``.
+    """
+    overlaps = {s.id for s in junction.overlap_stages}
+    n = len(sequence)
+    out = []
+    for k, s in enumerate(sequence):
+        groups = junction.stage(s).groups
+        if s in overlaps and n > 1:
+            shared = junction.stage(sequence[k - 1]).groups | junction.stage(
+                sequence[(k + 1) % n]).groups
+            groups = groups - shared
+        # A group that ends early still needs its minimum green inside the stage.
+        need = max((junction.group(g).min_green_s + junction.early_end(g) for g in groups),
+                   default=0)
+        out.append(max(need, OVERLAP_MIN_GREEN_S) if s in overlaps else need)
+    return tuple(out)
 
 
 def webster_plan(

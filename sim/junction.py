@@ -853,6 +853,7 @@ def _build(
     group_defs: Sequence[tuple[SignalGroup, tuple[int, ...]]],
     stages: tuple[Stage, ...] | None,
     stage_order: Sequence[str],
+    overlap_stages: tuple[Stage, ...] = (),
     official: Mapping[tuple[str, str], int],
     walking_speed: float,
     max_cycle_s: int,
@@ -893,6 +894,7 @@ def _build(
             link_count=len(links),
             max_cycle_s=max_cycle_s,
             early_end_s=early_end,
+            overlap_stages=overlap_stages,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), source) from exc
@@ -1100,6 +1102,15 @@ def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionMo
             raise ConfigError(f"[stages] {sid}: unknown groups {sorted(set(members) - known)}",
                               cfg_path)
         stages.append(Stage(sid, frozenset(members)))
+    overlaps: list[Stage] = []
+    for sid, members in cfg.get("overlap_stages", {}).items():
+        if not isinstance(members, list) or not set(members) <= known:
+            raise ConfigError(f"[overlap_stages] {sid}: unknown groups "
+                              f"{sorted(set(members) - known)}", cfg_path)
+        if not stages:
+            raise ConfigError(f"[overlap_stages] {sid}: overlap stages need a [stages] table "
+                              "whose consecutive stages they join", cfg_path)
+        overlaps.append(Stage(sid, frozenset(members)))
     official: dict[tuple[str, str], int] = {}
     for key, z in cfg.get("intergreen", {}).items():
         m = re.fullmatch(r"\s*(\w+)\s*->\s*(\w+)\s*", key)
@@ -1114,6 +1125,7 @@ def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionMo
         name=name, directory=directory, net=net, tls_id=tls_id, links=links,
         approaches=tuple(approaches), group_defs=group_defs,
         stages=tuple(stages) if stages else None, stage_order=[g.id for g, _ in group_defs],
+        overlap_stages=tuple(overlaps),
         official=official, walking_speed=walking, max_cycle_s=max_cycle,
         additional_files=additional, detector_overrides=cfg.get("detectors", {}),
         push_button_defs=buttons, source=cfg_path,
