@@ -1057,10 +1057,10 @@ def overlap_sequences(
     the heavier arm's left turn leads.  One sequence per position, then, where there are
     several positions, one with all of them.
     """
+    fits = {o.id: junction.overlap_position(o.id, seq) for o in junction.overlap_stages}
     best: dict[int, str] = {}
     for k in range(len(seq)):
-        fitting = [o.id for o in junction.overlap_stages
-                   if junction.overlap_position(o.id, seq)[k]]
+        fitting = [o for o, at in fits.items() if at[k]]
         if not fitting:
             continue
         common = frozenset.intersection(*(junction.stage(o).groups for o in fitting))

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import re
 import shutil
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_optimiser_candidates import by_label, estimate, fallback_for
 
-from controller.messages import AckStatus, DetectorReading, PlanCommand
+from controller.messages import AckStatus, PlanAck, PlanCommand
 from controller.optimiser import overlap_sequences, propose
-from controller.plans import SignalProgram, StagePlan, compile_plan, lost_time_s
+from controller.plans import StagePlan, compile_plan, lost_time_s
 from controller.safety import validate, validate_switch
 from controller.signals import JunctionSignals, Stage
 from controller.webster import OVERLAP_MIN_GREEN_S, stage_min_greens
@@ -155,24 +154,6 @@ def test_overlap_candidates_are_safe_from_and_to_any_plan(
             assert validate_switch(SK, c.program, SK_FALLBACK) == ()
 
 
-class _LeadingLeftDriver:
-    """The field hardware with its fallback, running a pushed leading-left-turn plan."""
-
-    native = False
-
-    def __init__(self, sk: JunctionSignals, fallback: SignalProgram, program: SignalProgram
-                 ) -> None:
-        self.hardware = SignalController(sk, fallback)
-        cmd = PlanCommand(program=program, issued=0.0, valid_from=0.0, lease_s=1e6, seq=1)
-        self.ack = self.hardware.submit(cmd, 0.0)
-
-    def step(self, now: float, readings: Sequence[DetectorReading]) -> Mapping[str, str]:
-        return self.hardware.tick(now)
-
-    def close(self) -> dict[str, object]:
-        return {"monitor_faults": len(self.hardware.stats.monitor_faults)}
-
-
 @pytest.mark.sumo
 def test_sumo_runs_a_leading_left_turn_pushed_to_the_hardware(tmp_path: Path) -> None:
     """The hardware accepts the plan after its own checks, and SUMO shows what it says:
@@ -180,18 +161,22 @@ def test_sumo_runs_a_leading_left_turn_pushed_to_the_hardware(tmp_path: Path) ->
     sk = load_junction("schlosskreuzung").signals
     seq = ("P1", "P2N", "P2", "P3", "P4")
     program = compile_plan(sk, StagePlan(seq, (20, 6, 12, 26, 10)), "lead-north")
-    drivers: list[_LeadingLeftDriver] = []
+    hardware: list[SignalController] = []
+    acks: list[PlanAck] = []
 
     def probe(driver: SignalDriver) -> SignalDriver:
+        # The fixed-time driver's hardware, holding the Webster plan as its fallback, gets
+        # the leading-left-turn plan pushed as the adaptive controller would push it.
         assert isinstance(driver, FixedTimeDriver)
-        lead = _LeadingLeftDriver(sk, driver.hardware.fallback, program)
-        drivers.append(lead)
-        return lead
+        cmd = PlanCommand(program=program, issued=0.0, valid_from=0.0, lease_s=1e6, seq=1)
+        acks.append(driver.hardware.submit(cmd, 0.0))
+        hardware.append(driver.hardware)
+        return driver
 
     kpis = run_one(short_case("asymmetric_turning", end_s=600.0, warmup_s=120.0), "fixed", 1,
                    tmp_path, progress=False, probe=probe)
-    assert drivers[0].ack.status is AckStatus.ACCEPTED, drivers[0].ack.reason
-    assert drivers[0].hardware.running.id == "lead-north"
+    assert acks[0].status is AckStatus.ACCEPTED, acks[0].reason
+    assert hardware[0].running.id == "lead-north"
     info = json.loads((Path(kpis.run_dir) / "run.json").read_text())
     assert info["monitor_faults"] == []
     assert kpis.vehicles_completed > 50
