@@ -13,12 +13,23 @@ the same paired ratios on that total (``total_vehicle_delay_s``).  Writes
 ``--out``.  Asserts nothing; evaluation.md asks for >= 5 seeds for headline
 numbers.
 
+Last, the targets of issue 3 (``sim.scorecard``): per scenario adaptive/fixed
+<= 0.75, adaptive/actuated <= 0.90, pedestrian and bus delay no worse than
+fixed, over all runs within 10 % of the oracle, collisions; met or missed, with
+the spread.  The report opens with the same table and a plot of it.
+
     .venv/bin/python bench/traffic.py [--scenarios morning_peak night] \\
         [--controllers fixed adaptive] [--seeds 5] [--workers 2] [--twin-workers 1] \\
         [--horizon-s 300] [--window-s 1800] [--out out/bench-traffic]
 
 ``--window-s`` shortens every scenario to its first N seconds after the
 warm-up (quick looks; headline numbers use the full scenarios).
+
+``--from A/kpis.json B/kpis.json`` runs nothing: it merges the records of earlier
+benchmarks (say adaptive on seeds 1-5 and 6-10, the baselines from a third run)
+and prints, scores and reports them as one.  A run present twice is an error.
+``--score NAME`` scores another controller than ``adaptive`` (for example
+``adaptive-ped-weight``) against the same targets.
 """
 
 from __future__ import annotations
@@ -36,11 +47,13 @@ from pathlib import Path
 
 from scipy import stats as st
 
+from controller.errors import ConfigError
 from sim.batch import run_batch
 from sim.demand import list_scenarios
-from sim.kpis import RunKpis, group_records, write_kpis_json
+from sim.kpis import RunKpis, group_records, read_kpis_json, write_kpis_json
 from sim.report import write_report
 from sim.runner import Case, case_from_scenario, junction_of
+from sim.scorecard import Score, Scorecard, format_scorecard, merge_records, score
 
 CONTROLLERS = ("fixed", "actuated", "delay_based", "max-pressure", "adaptive", "oracle")
 
@@ -170,6 +183,36 @@ def print_tables(records: Sequence[RunKpis]) -> None:
             print(line)
 
 
+def _scorecard(records: Sequence[RunKpis], controller: str) -> Scorecard | None:
+    """Print and return the targets of ``controller``; None when it did not run."""
+    if not any(r.controller == controller for r in records):
+        print(f"\n(no {controller} runs: no target scorecard)")
+        return None
+    card = score(records, controller)
+    print("\n" + format_scorecard(card))
+    return card
+
+
+def scorecard_json(card: Scorecard) -> dict[str, object]:
+    """The scorecard for summary.json: ratio, CI, met and n per scenario and target."""
+    def cell(s: Score) -> dict[str, object]:
+        ci = None if s.ci95 is None or math.isnan(s.ci95) else s.ci95
+        return {"ratio": s.ratio, "ci95": ci, "met": s.met, "n": s.n, "limit": s.target.limit}
+
+    rows: dict[str, object] = {
+        scenario: {s.target.label: cell(s) for s in scores}
+        for scenario, scores in card.scenarios.items()
+    }
+    rows["all runs"] = {s.target.label: cell(s) for s in card.overall}
+    return {
+        "controller": card.controller,
+        "scenarios": rows,
+        "oracle": None if card.oracle is None else cell(card.oracle),
+        "collisions": dict(card.collisions),
+        "missed": card.missed,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenarios", nargs="*", default=None, help="default: every scenario")
@@ -183,35 +226,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--window-s", type=float, default=None,
                     help="measure only this long after the warm-up (quick looks)")
     ap.add_argument("--out", type=Path, default=Path("out/bench-traffic"))
+    ap.add_argument("--from", dest="sources", type=Path, nargs="+", default=None,
+                    metavar="KPIS_JSON", help="run nothing: merge, score and report these")
+    ap.add_argument("--score", default="adaptive", help="controller scored against the targets")
     args = ap.parse_args(argv)
 
-    names = args.scenarios or list_scenarios()
-    seeds = args.seed_list or list(range(1, args.seeds + 1))
     cases: list[Case] = []
-    for name in names:
-        case = case_from_scenario(name)
-        if args.window_s is not None:
-            end = min(case.end_s, case.begin_s + case.warmup_s + args.window_s)
-            case = replace(case, end_s=end)
-        cases.append(case)
-    pool = ProcessPoolExecutor(
-        max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=(args.twin_workers, args.horizon_s),
-    )
-    with pool:
-        records = run_batch(cases, args.controllers, seeds, args.out, executor=pool,
-                            workers=args.workers)
+    if args.sources:
+        try:
+            records = merge_records(*(read_kpis_json(p) for p in args.sources))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        wanted = set(args.scenarios or ())
+        if wanted:
+            records = [r for r in records if r.scenario in wanted]
+        if records:
+            cases.append(case_from_scenario(records[0].scenario))
+    else:
+        names = args.scenarios or list_scenarios()
+        seeds = args.seed_list or list(range(1, args.seeds + 1))
+        for name in names:
+            case = case_from_scenario(name)
+            if args.window_s is not None:
+                end = min(case.end_s, case.begin_s + case.warmup_s + args.window_s)
+                case = replace(case, end_s=end)
+            cases.append(case)
+        pool = ProcessPoolExecutor(
+            max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(args.twin_workers, args.horizon_s),
+        )
+        with pool:
+            records = run_batch(cases, args.controllers, seeds, args.out, executor=pool,
+                                workers=args.workers)
+    if not records:
+        print("error: no runs to report", file=sys.stderr)
+        return 2
     print_tables(records)
+    card = _scorecard(records, args.score)
     args.out.mkdir(parents=True, exist_ok=True)
     write_kpis_json(records, args.out / "kpis.json")
+    summary = summarise(records)
+    if card is not None:
+        summary["targets"] = scorecard_json(card)
     (args.out / "summary.json").write_text(
-        json.dumps(summarise(records), indent=1, allow_nan=False) + "\n", encoding="utf-8"
+        json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8"
     )
     model = junction_of(cases[0])
     report = write_report(
         args.out, records, title="Schlosskreuzung: adaptive control against the baselines",
         link_groups={i: g.id for g in model.signals.groups for i in g.links},
-        group_order=model.signals.group_ids,
+        group_order=model.signals.group_ids, scorecard=card,
     )
     print(f"\nwrote {args.out / 'kpis.json'}, {args.out / 'summary.json'} and {report}",
           file=sys.stderr)

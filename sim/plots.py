@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from sim.kpis import Stat
+from sim.scorecard import Score, Scorecard
 
 #: Colours of SUMO state characters in the Signalzeitenplan.  Minor green
 #: ``g`` (conditionally compatible, yields) is a lighter green so that an
@@ -225,4 +226,34 @@ def signal_timing(
         fig.legend(handles=handles, fontsize=8, ncols=len(handles), loc="outside lower center",
                    frameon=False)
     ax.set_title(title or "Signal timing diagram (Signalzeitenplan)")
+    return fig
+
+
+def target_ratios(card: Scorecard) -> Figure:
+    """One panel per target: the ratio per scenario and over all runs, limit as a line.
+
+    Green bars meet the target, red ones miss it; the error bar is the 95 % CI of
+    the per-seed ratios, so a miss inside the noise looks like one.  A scenario
+    without data for a target shows "n/a" instead of a bar.
+    """
+    names = [*card.scenarios, "all runs"]
+    fig = _new(max(7.0, 0.75 * len(names) + 2.5), 2.3 * max(1, len(card.targets)) + 0.6)
+    axes = fig.subplots(max(1, len(card.targets)), 1, squeeze=False, sharex=True)[:, 0]
+    for k, (ax, target) in enumerate(zip(axes, card.targets, strict=False)):
+        scores: list[Score] = [sc[k] for sc in card.scenarios.values()] + [card.overall[k]]
+        for i, s in enumerate(scores):
+            if s.ratio is None:
+                ax.text(i, 0.05, "n/a", ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
+                continue
+            err = None if s.ci95 is None or math.isnan(s.ci95) else s.ci95
+            ax.bar(i, s.ratio, 0.65, yerr=err, capsize=3,
+                   color="#1a9641" if s.met else "#d7191c", alpha=0.85)
+        ax.axhline(target.limit, color="black", linestyle="--", linewidth=1)
+        ax.axhline(1.0, color="grey", linewidth=0.6)
+        ax.set_ylabel(f"{target.label}\n(limit {target.limit:.2f})", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    fig.suptitle(f"Targets of {card.controller}: ratio of mean delays "
+                 "(green met, red missed; error bar 95 % CI)")
     return fig

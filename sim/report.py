@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from sim.kpis import (
     read_time_losses,
     read_tls_states,
 )
+from sim.scorecard import Score, Scorecard
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,47 @@ class _Page:
             f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
+
+
+def _score_cell(s: Score) -> str:
+    if s.ratio is None:
+        return "<td>-</td>"
+    spread = "" if s.ci95 is None or math.isnan(s.ci95) else f" ± {s.ci95:.2f}"
+    cls = "best" if s.met else "worst"
+    return f'<td class="{cls}">{s.ratio:.3f}{spread}</td>'
+
+
+def _targets_section(page: _Page, card: Scorecard) -> None:
+    """Targets met and missed, as table and plot (``sim.scorecard``)."""
+    page.add('<h2 id="targets">Targets</h2>')
+    page.add(
+        f"<p>{html.escape(card.controller)} against each target: ratio of mean delays on "
+        "the seeds both controllers ran, ± the 95 % CI of the per-seed ratios. Green: met, "
+        "red: missed.</p>"
+    )
+    head = "".join(
+        f"<th>{html.escape(t.label)}<br>&le; {t.limit:.2f}</th>" for t in card.targets
+    )
+    rows = [f"<tr><th>scenario</th>{head}<th>collisions</th></tr>"]
+    for scenario, scores in card.scenarios.items():
+        rows.append(
+            f'<tr><td class="name">{html.escape(scenario)}</td>'
+            + "".join(_score_cell(s) for s in scores)
+            + f"<td>{card.collisions[scenario]}</td></tr>"
+        )
+    rows.append(
+        '<tr><td class="name">all runs</td>' + "".join(_score_cell(s) for s in card.overall)
+        + f"<td>{sum(card.collisions.values())}</td></tr>"
+    )
+    page.add("<table>\n" + "\n".join(rows) + "\n</table>")
+    if card.oracle is not None:
+        o = card.oracle
+        verdict = "no data" if o.ratio is None else f"{o.ratio:.3f}, " + (
+            "met" if o.met else "missed")
+        page.add(f"<p>{html.escape(o.target.label)} over all runs (limit "
+                 f"{o.target.limit:.2f}, {o.n} runs): {verdict}</p>")
+    page.figure(plots.target_ratios(card), "targets", "Targets: ratio per scenario and "
+                "over all runs; dashed line: the limit")
 
 
 def _ranked_classes(values: Mapping[str, float | None], lower_is_better: bool) -> dict[str, str]:
@@ -439,12 +482,14 @@ def write_report(
     link_groups: Mapping[int, str] | None = None,
     group_order: Sequence[str] | None = None,
     cycles_to_show: int = 3,
+    scorecard: Scorecard | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/plots/*.png``.
 
     ``link_groups`` maps a SUMO link index of the traffic light to its signal
     group id; the timing diagram then has one row per group (the state of the
-    group's first link) in ``group_order``, else one row per link index.
+    group's first link) in ``group_order``, else one row per link index.  With
+    ``scorecard`` the page opens with the targets met and missed (``sim.scorecard``).
     """
     if not records:
         raise ConfigError("no KPI records to report", out_dir)
@@ -459,7 +504,11 @@ def write_report(
     toc = "".join(
         f'<li><a href="#{html.escape(_slug(s))}">{html.escape(s)}</a></li>' for s in grouped
     )
+    if scorecard is not None:
+        toc = '<li><a href="#targets">Targets</a></li>' + toc
     page.add(f'<ul>{toc}<li><a href="#how-to-read">How to read this</a></li></ul>')
+    if scorecard is not None:
+        _targets_section(page, scorecard)
     for scenario, by_ctrl in grouped.items():
         _scenario_section(
             page, scenario, by_ctrl,
