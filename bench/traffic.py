@@ -1,7 +1,7 @@
 """Traffic benchmark: every Schlosskreuzung scenario x controller x seed, side by side.
 
-Runs the scenarios (``sim.demand.list_scenarios``) with fixed, actuated,
-delay_based, max-pressure, adaptive and oracle on the same seeds, in parallel
+Runs the scenarios (``sim.demand.list_scenarios``) with fixed, fixed-optimised,
+actuated, delay_based, max-pressure, adaptive and oracle on the same seeds, in parallel
 (``sim.batch.run_batch``), then prints per scenario the mean vehicle and
 person delay of each controller with a 95 % confidence interval over the
 seeds, and the paired ratios adaptive/fixed and adaptive/actuated (per seed,
@@ -55,7 +55,8 @@ from sim.report import write_report
 from sim.runner import Case, case_from_scenario, junction_of
 from sim.scorecard import Score, Scorecard, format_scorecard, merge_records, score
 
-CONTROLLERS = ("fixed", "actuated", "delay_based", "max-pressure", "adaptive", "oracle")
+CONTROLLERS = ("fixed", "fixed-optimised", "actuated", "delay_based", "max-pressure", "adaptive",
+               "oracle")
 
 
 def _init_worker(twin_workers: int, horizon_s: int) -> None:

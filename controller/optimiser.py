@@ -50,6 +50,7 @@ __all__ = [
     "Demand",
     "OptimiserConfig",
     "analytic_delay_s",
+    "engineered_plan",
     "group_demand",
     "persistent_groups",
     "propose",
@@ -1082,6 +1083,44 @@ def overlap_sequences(
     if len(best) > 1:
         found.append(("overlap-" + "+".join(best[k] for k in sorted(best)), insert(list(best))))
     return found
+
+
+def engineered_plan(
+    junction: JunctionSignals,
+    demand: Mapping[str, Demand],
+    reference: SignalProgram,
+    *,
+    config: OptimiserConfig = OptimiserConfig(),
+    program_prefix: str = "engineered",
+) -> Candidate:
+    """The fixed-time plan an engineer with a delay model would program for a known demand.
+
+    For the reference's stage sequence and for each sequence with leading left turns
+    (``overlap_sequences``), the delay-optimal plan (method 2) with the cycle anywhere in
+    the junction's window; the one with the lowest analytic delay wins, the reference
+    (say the Webster plan) included.  ``demand`` is a traffic count, not an estimate:
+    this is a baseline (``fixed-optimised`` in the scenario runner), never a decision
+    of the service.  Every option passes ``controller.safety.validate``.
+    """
+    plan = reference.stage_plan
+    if plan is None:
+        raise ValueError("the reference program needs a stage plan")
+    # The whole cycle window: an engineer's plan does not creep from a running one.
+    cfg = replace(config, max_cycle_change_s=junction.max_cycle_s)
+    b = _Builder(junction, demand=demand, running=reference, fallback=reference, config=cfg,
+                 prefix=program_prefix)
+    options: list[tuple[str, SignalProgram]] = [("reference", reference)]
+    for label, seq in [("delay-optimal", plan.sequence),
+                       *overlap_sequences(junction, plan.sequence, b.flow_ratios())]:
+        found = b.optimal(seq)
+        if found is None:
+            continue
+        program = b.compile(seq, found[0])
+        if not validate(junction, program):
+            options.append((label, program))
+    scored = [(analytic_delay_s(junction, p, demand, cfg), label, p) for label, p in options]
+    delay, label, program = min(scored, key=lambda o: o[0])
+    return Candidate(program=program, label=label, analytic_delay_s=delay)
 
 
 def _overlap_candidates(

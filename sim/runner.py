@@ -16,12 +16,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from controller.errors import ConfigError
+from controller.optimiser import Demand, engineered_plan
 from controller.plans import SignalProgram, compile_plan
 from controller.webster import WebsterResult, webster_plan
 from sim import drivers
 from sim.drivers import NATIVE_TYPES, DriverContext, SignalDriver, make_driver
 from sim.field import FieldRun, print_progress, simulate
-from sim.flows import flow_ratios, group_flows_from_movements, group_flows_from_routes
+from sim.flows import (
+    flow_ratios,
+    group_flows_from_movements,
+    group_flows_from_routes,
+    saturation_flow,
+)
 from sim.junction import JunctionModel, derive_junction, load_junction
 from sim.kpis import (
     RunKpis,
@@ -162,9 +168,14 @@ def junction_of(case: Case, run_dir: Path | None = None) -> JunctionModel:
 
 
 def fixed_time_plan(
-    case: Case, model: JunctionModel, route_files: tuple[Path, ...]
+    case: Case, model: JunctionModel, route_files: tuple[Path, ...], *, optimised: bool = False
 ) -> tuple[WebsterResult, SignalProgram]:
-    """The Webster-tuned fixed-time plan for the case's known demand (measured window)."""
+    """The Webster-tuned fixed-time plan for the case's known demand (measured window).
+
+    ``optimised``: instead, the plan the delay model finds best for the same count,
+    leading left turns included (``controller.optimiser.engineered_plan``): the
+    ``fixed-optimised`` baseline.
+    """
     begin = case.begin_s + case.warmup_s
     if case.scenario_path is not None:
         from sim.demand import load_scenario, movement_flows
@@ -176,6 +187,13 @@ def fixed_time_plan(
     sequence = tuple(s.id for s in model.signals.stages)
     result = webster_plan(model.signals, sequence, flow_ratios(model, flows))
     program = compile_plan(model.signals, result.plan, f"webster-{case.label}")
+    if optimised:
+        demand = {
+            g.id: Demand(flows.get(g.id, 0.0), saturation_flow(model, g.id))
+            for g in model.signals.groups if g.is_vehicular
+        }
+        program = engineered_plan(model.signals, demand, program,
+                                  program_prefix=f"optimised-{case.label}").program
     return result, program
 
 
@@ -206,7 +224,8 @@ def run_one(
         route_files = demand.route_files
         extra_adds = demand.additional_files
         occupancy = person_occupancy(scenario)
-    webster, program = fixed_time_plan(case, model, route_files)
+    webster, program = fixed_time_plan(case, model, route_files,
+                                       optimised=controller == "fixed-optimised")
     adds = (*model.additional_files, *case.additional_files, *extra_adds)
     adds = (*adds, tls_states_additional(run_dir, model.signals.tls_id))
     native = NATIVE_TYPES.get(controller)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -120,3 +121,50 @@ def test_fixed_plans_are_safe_and_follow_webster(scenario: str) -> None:
         weight = sum(y[k] for k in free)
         for k in free:
             assert math.isclose(webster.plan.greens_s[k], available * y[k] / weight, abs_tol=1.0)
+
+
+@pytest.mark.parametrize("scenario", list_scenarios())
+def test_the_optimised_fixed_plan_is_safe_and_no_worse_than_webster_by_the_model(
+    scenario: str,
+) -> None:
+    from controller.optimiser import Demand, analytic_delay_s
+    from sim.flows import saturation_flow
+    from sim.hardware import SignalController
+
+    case = case_from_scenario(scenario)
+    model = load_junction(case.junction_dir or "schlosskreuzung")
+    _, webster = fixed_time_plan(case, model, ())
+    _, optimised = fixed_time_plan(case, model, (), optimised=True)
+    assert validate(model.signals, optimised) == ()
+    # The hardware takes it as its stored program (its own, independent check).
+    SignalController(model.signals, optimised)
+    flows = group_flows_from_movements(model, movement_flows(load_scenario(scenario)))
+    demand = {g.id: Demand(flows.get(g.id, 0.0), saturation_flow(model, g.id))
+              for g in model.signals.groups if g.is_vehicular}
+    before = analytic_delay_s(model.signals, webster, demand)
+    after = analytic_delay_s(model.signals, optimised, demand)
+    assert after <= before + 1e-9
+    assert optimised.cycle_s <= model.signals.max_cycle_s
+    if optimised.id != webster.id:
+        assert optimised.id.startswith(f"optimised-{scenario}-")
+        assert after < before
+
+
+def test_the_optimised_fixed_plan_leads_the_heavier_left_turn_when_that_pays() -> None:
+    from controller.optimiser import Demand, engineered_plan
+
+    case = case_from_scenario("evening_peak")
+    model = load_junction("schlosskreuzung")
+    _, webster = fixed_time_plan(case, model, ())
+    # The north arm far heavier in through and left traffic than the south arm.
+    flows = {"K1": 700.0, "K2": 300.0, "K3": 250.0, "K4": 60.0,
+             "K5": 300.0, "K6": 80.0, "K7": 250.0, "K8": 60.0}
+    demand = {g: Demand(q, 1700.0 if g in ("K2", "K4", "K6", "K8") else 3400.0)
+              for g, q in flows.items()}
+    found = engineered_plan(model.signals, demand, webster)
+    assert found.label.startswith("overlap-") and "P2N" in found.label
+    assert found.program.stage_plan is not None
+    assert "P2N" in found.program.stage_plan.sequence
+    assert engineered_plan(model.signals, demand, webster) == found  # deterministic
+    with pytest.raises(ValueError, match="needs a stage plan"):
+        engineered_plan(model.signals, demand, dataclasses.replace(webster, stage_plan=None))
