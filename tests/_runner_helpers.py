@@ -1,10 +1,12 @@
-"""Shared bits for runner tests: short Schlosskreuzung cases and a generated network."""
+"""Shared bits for runner tests: short Schlosskreuzung cases, a generated network, bench scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 from sim.field import sumo_binary
 from sim.runner import Case, case_from_scenario
@@ -41,3 +43,13 @@ def generated_network(workdir: Path) -> tuple[Path, Path, str]:
             trips.append(f'  <trip id="t{k}" depart="{t}" from="{src}" to="{dst}"/>')
     routes.write_text("<routes>\n" + "\n".join(trips) + "\n</routes>\n")
     return net, routes, "B1"
+
+
+def bench_traffic() -> ModuleType:
+    """bench/traffic.py as a module (bench is no package)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "traffic.py"
+    spec = importlib.util.spec_from_file_location("bench_traffic", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,29 +6,17 @@ Synthetic records, no SUMO: the SUMO-based check of the sum is in test_kpis_sumo
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _runner_helpers import bench_traffic
 
 from controller.errors import ConfigError
 from sim.kpis import RunKpis, read_kpis_json, summary_table, total_delay, write_kpis_json
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _traffic() -> ModuleType:
-    """bench/traffic.py (bench is no package)."""
-    spec = importlib.util.spec_from_file_location("bench_traffic", REPO / "bench" / "traffic.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rec(controller: str, seed: int, delay: float | None, insertion: float | None) -> RunKpis:
@@ -82,7 +70,7 @@ def _bench_records() -> list[RunKpis]:
 
 
 def test_bench_table_shows_total_delay_and_its_paired_ratios() -> None:
-    traffic = _traffic()
+    traffic = bench_traffic()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         traffic.print_tables(_bench_records())
@@ -104,7 +92,7 @@ def test_bench_table_shows_total_delay_and_its_paired_ratios() -> None:
 
 
 def test_bench_summary_json_has_total_delay() -> None:
-    summary = _traffic().summarise(_bench_records())["peak"]
+    summary = bench_traffic().summarise(_bench_records())["peak"]
     assert isinstance(summary, dict)
     adaptive = summary["controllers"]["adaptive"]
     assert adaptive["total_vehicle_delay_s"]["mean"] == 144.0

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _runner_helpers import bench_traffic
 
 from controller.errors import ConfigError
 from sim.kpis import RunKpis, write_kpis_json
 from sim.scorecard import DEFAULT_TARGETS, format_scorecard, merge_records, score
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _rec(
@@ -98,12 +95,6 @@ def test_unknown_controller_and_duplicate_runs_are_config_errors() -> None:
     assert merge_records(recs[:2], recs[2:]) == recs
 
 
-def _traffic() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_traffic", REPO / "bench" / "traffic.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_traffic_from_merges_scores_and_reports(tmp_path: Path) -> None:
@@ -113,7 +104,7 @@ def test_bench_traffic_from_merges_scores_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        rc = _traffic().main(["--from", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+        rc = bench_traffic().main(["--from", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                               "--out", str(out)])
     assert rc == 0
     assert "targets of adaptive" in stdout.getvalue()
@@ -129,7 +120,7 @@ def test_bench_traffic_from_merges_scores_and_reports(tmp_path: Path) -> None:
     # The same file twice: refused with the run named, nothing written.
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = _traffic().main(["--from", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
+        rc = bench_traffic().main(["--from", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
                               "--out", str(tmp_path / "dup")])
     assert rc == 2
     assert "appears twice" in err.getvalue()
