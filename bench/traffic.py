@@ -45,15 +45,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from scipy import stats as st
-
 from controller.errors import ConfigError
 from sim.batch import run_batch
 from sim.demand import list_scenarios
 from sim.kpis import RunKpis, group_records, read_kpis_json, write_kpis_json
 from sim.report import write_report
 from sim.runner import Case, case_from_scenario, junction_of
-from sim.scorecard import Score, Scorecard, format_scorecard, merge_records, score
+from sim.scorecard import (
+    Score,
+    Scorecard,
+    ci95_half_width,
+    format_scorecard,
+    merge_records,
+    score,
+)
 
 CONTROLLERS = ("fixed", "fixed-optimised", "actuated", "delay_based", "max-pressure", "adaptive",
                "oracle")
@@ -70,13 +75,7 @@ def ci95(values: Sequence[float]) -> tuple[float, float] | None:
     """Mean and half-width of the 95 % Student-t confidence interval (None if empty)."""
     if not values:
         return None
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    half = float(st.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(
-        len(values)
-    )
-    return mean, half
+    return statistics.fmean(values), ci95_half_width(values)
 
 
 def _jsonable(ci: tuple[float, float] | None) -> dict[str, float | None] | None:

@@ -34,6 +34,7 @@ __all__ = [
     "Score",
     "Scorecard",
     "Target",
+    "ci95_half_width",
     "format_scorecard",
     "merge_records",
     "score",
@@ -131,7 +132,8 @@ def merge_records(*batches: Sequence[RunKpis]) -> list[RunKpis]:
     return out
 
 
-def _ci95(values: Sequence[float]) -> float:
+def ci95_half_width(values: Sequence[float]) -> float:
+    """Half-width of the 95 % Student-t confidence interval of the mean (nan below 2 values)."""
     if len(values) < 2:
         return math.nan
     t = float(st.t.ppf(0.975, len(values) - 1))
@@ -151,7 +153,7 @@ def _compare(
     if not pairs:
         return Score(target, None, None, 0)
     ratio = statistics.fmean(a for a, _ in pairs) / statistics.fmean(b for _, b in pairs)
-    return Score(target, ratio, _ci95([a / b for a, b in pairs]), len(pairs))
+    return Score(target, ratio, ci95_half_width([a / b for a, b in pairs]), len(pairs))
 
 
 def score(
