@@ -32,7 +32,7 @@ from sim.drivers import FixedTimeDriver, SignalDriver
 from sim.hardware import SignalController
 from sim.junction import ConfigError, load_junction
 from sim.monitor import check_program
-from sim.runner import run_one
+from sim.runner import case_from_scenario, fixed_time_plan, run_one
 
 BASIC = ("P1", "P2", "P3", "P4")
 #: Asymmetric turning's demand (veh/h): the north arm heavier in both movements.
@@ -152,6 +152,26 @@ def test_overlap_candidates_are_safe_from_and_to_any_plan(
             # Built with the maximum-red rows of the switch back (the core's gate checks
             # every candidate's switch back; docs/optimiser.md, Limits).
             assert validate_switch(SK, c.program, SK_FALLBACK) == ()
+
+
+def test_a_fallback_with_a_leading_left_turn_keeps_every_candidate_in_its_structure() -> None:
+    """A cabinet may store a plan with an overlap stage (fixed-optimised, evening peak): the
+    optimiser works on that sequence, and every candidate switches safely both ways."""
+    case = case_from_scenario("evening_peak")
+    model = load_junction("schlosskreuzung")
+    _, fb = fixed_time_plan(case, model, (), optimised=True)
+    assert fb.stage_plan is not None and "P2S" in fb.stage_plan.sequence
+    flows = {"K1": 600.0, "K2": 150.0, "K3": 700.0, "K4": 250.0,
+             "K5": 300.0, "K6": 120.0, "K7": 200.0, "K8": 80.0}
+    cands = propose(model.signals, estimate(model.signals, flows), fb, fb)
+    assert len(cands) >= 8
+    assert "fallback" in by_label(cands)
+    for c in cands:
+        plan = c.program.stage_plan
+        assert plan is not None
+        assert plan.sequence[:2] == ("P1", "P2S"), c.label
+        assert validate(model.signals, c.program, previous=fb) == (), c.label
+        assert validate_switch(model.signals, c.program, fb) == (), c.label
 
 
 @pytest.mark.sumo
