@@ -196,8 +196,8 @@ def _scorecard(records: Sequence[RunKpis], controller: str) -> Scorecard | None:
 def scorecard_json(card: Scorecard) -> dict[str, object]:
     """The scorecard for summary.json: ratio, CI, met and n per scenario and target."""
     def cell(s: Score) -> dict[str, object]:
-        ci = None if s.ci95 is None or math.isnan(s.ci95) else s.ci95
-        return {"ratio": s.ratio, "ci95": ci, "met": s.met, "n": s.n, "limit": s.target.limit}
+        return {"ratio": s.ratio, "ci95": s.half_width, "met": s.met, "n": s.n,
+                "limit": s.target.limit}
 
     rows: dict[str, object] = {
         scenario: {s.target.label: cell(s) for s in scores}

@@ -127,8 +127,9 @@ class SumoNativeDriver:
 
 
 register_driver("fixed", FixedTimeDriver)
-# The runner gives this one the optimised plan as its fixed program (``fixed_time_plan``).
-register_driver("fixed-optimised", FixedTimeDriver)
+#: The fixed-time driver whose stored program the runner optimises (``fixed_time_plan``).
+FIXED_OPTIMISED = "fixed-optimised"
+register_driver(FIXED_OPTIMISED, FixedTimeDriver)
 register_driver("max-pressure", MaxPressureDriver)
 register_driver("actuated", lambda ctx: SumoNativeDriver())
 register_driver("delay_based", lambda ctx: SumoNativeDriver())

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from controller.errors import ConfigError
+from controller.optimiser import Demand
 from controller.signals import GroupKind
 from sim.junction import JunctionModel
 
@@ -45,6 +46,14 @@ def saturation_flow(model: JunctionModel, group_id: str) -> float:
     dirs = [model.links[i].direction for i in group.links]
     factors = [TURN_FACTOR.get(d, 1.0) for d in dirs] or [1.0]
     return SATURATION_PCU_H * lanes * (sum(factors) / len(factors))
+
+
+def count_demand(model: JunctionModel, group_flows: Mapping[str, float]) -> dict[str, Demand]:
+    """A traffic count as the optimiser's demand: flow and saturation flow per vehicular group."""
+    return {
+        g.id: Demand(group_flows.get(g.id, 0.0), saturation_flow(model, g.id))
+        for g in model.signals.groups if g.is_vehicular
+    }
 
 
 def group_flows_from_movements(

@@ -246,8 +246,7 @@ def target_ratios(card: Scorecard) -> Figure:
                 ax.text(i, 0.05, "n/a", ha="center", va="bottom", fontsize=7,
                         transform=ax.get_xaxis_transform())
                 continue
-            err = None if s.ci95 is None or math.isnan(s.ci95) else s.ci95
-            ax.bar(i, s.ratio, 0.65, yerr=err, capsize=3,
+            ax.bar(i, s.ratio, 0.65, yerr=s.half_width, capsize=3,
                    color="#1a9641" if s.met else "#d7191c", alpha=0.85)
         ax.axhline(target.limit, color="black", linestyle="--", linewidth=1)
         ax.axhline(1.0, color="grey", linewidth=0.6)

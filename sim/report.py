@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -164,7 +163,7 @@ class _Page:
 def _score_cell(s: Score) -> str:
     if s.ratio is None:
         return "<td>-</td>"
-    spread = "" if s.ci95 is None or math.isnan(s.ci95) else f" ± {s.ci95:.2f}"
+    spread = "" if s.half_width is None else f" ± {s.half_width:.2f}"
     cls = "best" if s.met else "worst"
     return f'<td class="{cls}">{s.ratio:.3f}{spread}</td>'
 

@@ -16,17 +16,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from controller.errors import ConfigError
-from controller.optimiser import Demand, engineered_plan
+from controller.optimiser import engineered_plan
 from controller.plans import SignalProgram, compile_plan
 from controller.webster import WebsterResult, webster_plan
 from sim import drivers
 from sim.drivers import NATIVE_TYPES, DriverContext, SignalDriver, make_driver
 from sim.field import FieldRun, print_progress, simulate
 from sim.flows import (
+    count_demand,
     flow_ratios,
     group_flows_from_movements,
     group_flows_from_routes,
-    saturation_flow,
 )
 from sim.junction import JunctionModel, derive_junction, load_junction
 from sim.kpis import (
@@ -188,11 +188,7 @@ def fixed_time_plan(
     result = webster_plan(model.signals, sequence, flow_ratios(model, flows))
     program = compile_plan(model.signals, result.plan, f"webster-{case.label}")
     if optimised:
-        demand = {
-            g.id: Demand(flows.get(g.id, 0.0), saturation_flow(model, g.id))
-            for g in model.signals.groups if g.is_vehicular
-        }
-        program = engineered_plan(model.signals, demand, program,
+        program = engineered_plan(model.signals, count_demand(model, flows), program,
                                   program_prefix=f"optimised-{case.label}").program
     return result, program
 
@@ -225,7 +221,7 @@ def run_one(
         extra_adds = demand.additional_files
         occupancy = person_occupancy(scenario)
     webster, program = fixed_time_plan(case, model, route_files,
-                                       optimised=controller == "fixed-optimised")
+                                       optimised=controller == drivers.FIXED_OPTIMISED)
     adds = (*model.additional_files, *case.additional_files, *extra_adds)
     adds = (*adds, tls_states_additional(run_dir, model.signals.tls_id))
     native = NATIVE_TYPES.get(controller)

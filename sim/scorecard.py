@@ -78,6 +78,11 @@ class Score:
     def met(self) -> bool | None:
         return None if self.ratio is None else self.ratio <= self.target.limit
 
+    @property
+    def half_width(self) -> float | None:
+        """``ci95`` when there is a spread to show, else None (one seed or no data)."""
+        return None if self.ci95 is None or math.isnan(self.ci95) else self.ci95
+
 
 @dataclass(frozen=True)
 class Scorecard:
@@ -189,7 +194,7 @@ def score(
 def _cell(s: Score) -> str:
     if s.ratio is None:
         return "n/a"
-    spread = "" if s.ci95 is None or math.isnan(s.ci95) else f"±{s.ci95:.2f}"
+    spread = "" if s.half_width is None else f"±{s.half_width:.2f}"
     return f"{s.ratio:.3f}{spread} {'met' if s.met else 'MISS'}"
 
 

@@ -127,8 +127,8 @@ def test_fixed_plans_are_safe_and_follow_webster(scenario: str) -> None:
 def test_the_optimised_fixed_plan_is_safe_and_no_worse_than_webster_by_the_model(
     scenario: str,
 ) -> None:
-    from controller.optimiser import Demand, analytic_delay_s
-    from sim.flows import saturation_flow
+    from controller.optimiser import analytic_delay_s
+    from sim.flows import count_demand
     from sim.hardware import SignalController
 
     case = case_from_scenario(scenario)
@@ -139,8 +139,7 @@ def test_the_optimised_fixed_plan_is_safe_and_no_worse_than_webster_by_the_model
     # The hardware takes it as its stored program (its own, independent check).
     SignalController(model.signals, optimised)
     flows = group_flows_from_movements(model, movement_flows(load_scenario(scenario)))
-    demand = {g.id: Demand(flows.get(g.id, 0.0), saturation_flow(model, g.id))
-              for g in model.signals.groups if g.is_vehicular}
+    demand = count_demand(model, flows)
     before = analytic_delay_s(model.signals, webster, demand)
     after = analytic_delay_s(model.signals, optimised, demand)
     assert after <= before + 1e-9
