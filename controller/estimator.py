@@ -24,7 +24,7 @@ class holds explicit state and does no I/O; the caller supplies the clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -241,6 +241,15 @@ class Estimate:
     ts: float
     groups: Mapping[str, GroupEstimate]
     approaches: Mapping[str, ApproachEstimate]
+
+    def __reduce__(self) -> tuple[Callable[..., Estimate], tuple[object, ...]]:
+        # Read-only mappings do not pickle; a worker process gets them read-only again.
+        return _estimate, (self.ts, dict(self.groups), dict(self.approaches))
+
+
+def _estimate(ts: float, groups: dict[str, GroupEstimate],
+              approaches: dict[str, ApproachEstimate]) -> Estimate:
+    return Estimate(ts, MappingProxyType(groups), MappingProxyType(approaches))
 
 
 def green_from_state(state: HardwareState, group_ids: Sequence[str]) -> dict[str, bool]:

@@ -610,10 +610,7 @@ class SplitLoop(Loop):
             cmds += step.commands
             if step.job is not None:
                 job = step.job
-                # The estimate's read-only mappings do not pickle; plain dicts do.
-                snap = replace(job.snapshot, groups=dict(job.snapshot.groups),
-                               approaches=dict(job.snapshot.approaches))
-                fut = pool.submit(_score_in_worker, JUNCTION, snap, list(job.programs))
+                fut = pool.submit(_score_in_worker, JUNCTION, job.snapshot, list(job.programs))
                 self.in_flight.append((now + self.delay(job.epoch), job, fut))
             self.commands += [(now, c) for c in cmds]
             if cmds:

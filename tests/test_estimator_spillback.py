@@ -10,6 +10,7 @@ discharge, not the arrivals.  The radar reports the true queue length, up to its
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 
 import pytest
@@ -161,3 +162,13 @@ def test_a_hold_fades_when_the_movement_clears_its_queue_under_a_foreign_jam() -
     e = est.estimate(3599.0).groups["v1"]
     assert e.spillback
     assert e.flow_veh_h == pytest.approx(300.0, rel=0.2)
+
+
+def test_an_estimate_pickles_for_worker_processes_and_stays_read_only() -> None:
+    est, _, _ = run([(0, 720.0)], 1800)
+    e = est.estimate(1800.0)
+    back = pickle.loads(pickle.dumps(e))
+    assert back == e
+    assert back.groups["v1"].spillback
+    with pytest.raises(TypeError):
+        back.groups["v1"] = e.groups["v1"]  # type: ignore[index]

@@ -13,7 +13,6 @@ import asyncio
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +65,7 @@ class GatedEvaluator:
 
     def submit(self, snapshot: Estimate,
                programs: Sequence[SignalProgram]) -> list[Future[AnalyticScore]]:
-        # The estimate's read-only mappings do not pickle; plain dicts do.
-        snap = replace(snapshot, groups=dict(snapshot.groups),
-                       approaches=dict(snapshot.approaches))
-        futures = [self.pool.submit(_gated_score, self.gate, self.junction, snap, p)
+        futures = [self.pool.submit(_gated_score, self.gate, self.junction, snapshot, p)
                    for p in programs]
         self.submitted.append(futures)
         return futures
