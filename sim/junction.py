@@ -32,7 +32,9 @@ import numpy as np
 
 from controller.errors import ConfigError
 from controller.messages import DetectorInfo, DetectorKind
+from controller.plans import lost_time_s
 from controller.signals import CYCLE_CEILING_S, GroupKind, JunctionSignals, SignalGroup, Stage
+from controller.webster import stage_min_greens
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO_ROOT / "scenarios"
@@ -55,6 +57,11 @@ UPSTREAM_DISTANCE_M = 100.0
 QUEUE_LENGTH_M = 130.0
 #: A loop this close to the stop line counts as a stop-line detector.
 STOP_LINE_MAX_M = 10.0
+#: Maximum cycle of a derived junction (Umlaufzeit): the usual urban 90 s, raised where the
+#: stages' minimum greens and intergreens leave less than ``DERIVED_CYCLE_ROOM_S`` to adapt
+#: in, up to the validator's ceiling (docs/junction.md, "Any SUMO junction").
+DERIVED_MAX_CYCLE_S = 90
+DERIVED_CYCLE_ROOM_S = 30
 _SAMPLE_M = 0.5
 _TURNS = frozenset("rlRLtT")
 _LEFTS = frozenset("lLtT")
@@ -1227,7 +1234,7 @@ def derive_junction(
     additional_files: Sequence[Path] = (),
     out_dir: Path | None = None,
     walking_speed_mps: float = DEFAULT_WALKING_SPEED_MPS,
-    max_cycle_s: int = 90,
+    max_cycle_s: int | None = None,
 ) -> JunctionModel:
     """Junction model for any SUMO network and traffic light id.
 
@@ -1236,7 +1243,8 @@ def derive_junction(
     group, bicycle-only lanes their own group; each crossing is a pedestrian
     group.  Detectors come from ``additional_files``; when those hold none,
     defaults are placed (and written to ``out_dir/<tls_id>.det.add.xml`` when
-    ``out_dir`` is given).
+    ``out_dir`` is given).  Without ``max_cycle_s`` the maximum cycle is
+    ``derived_max_cycle_s`` of the derived stages.
     """
     net = _read_net_cached(Path(net_file))
     links = _links(net, tls_id)
@@ -1322,11 +1330,30 @@ def derive_junction(
     model = _build(
         name=tls_id, directory=Path(out_dir) if out_dir else net.path.parent, net=net,
         tls_id=tls_id, links=links, approaches=approaches, group_defs=named, stages=None,
-        stage_order=order, official={}, walking_speed=walking_speed_mps, max_cycle_s=max_cycle_s,
+        stage_order=order, official={}, walking_speed=walking_speed_mps,
+        max_cycle_s=max_cycle_s or CYCLE_CEILING_S,
         additional_files=det_files, detector_overrides={}, push_button_defs=buttons,
         source=net.path,
     )
-    return _order_stages(model, approaches)
+    model = _order_stages(model, approaches)
+    if max_cycle_s is None:
+        cycle = derived_max_cycle_s(model.signals)
+        model = dataclasses.replace(
+            model, signals=dataclasses.replace(model.signals, max_cycle_s=cycle))
+    return model
+
+
+def derived_max_cycle_s(signals: JunctionSignals) -> int:
+    """Maximum cycle for derived stages: 90 s, or their minimum cycle plus 30 s of room.
+
+    The minimum cycle is every stage at its minimum green plus the transitions
+    (Zwischenzeiten) of the stage sequence.  A junction with many stages (five
+    arms, one stage each) fills 90 s with minimum greens alone, and no controller
+    could move a second; it gets up to the validator's ceiling (120 s) instead.
+    """
+    seq = [s.id for s in signals.stages]
+    minimum = lost_time_s(signals, seq) + sum(stage_min_greens(signals, seq))
+    return min(CYCLE_CEILING_S, max(DERIVED_MAX_CYCLE_S, minimum + DERIVED_CYCLE_ROOM_S))
 
 
 def _early_ends(

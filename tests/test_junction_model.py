@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from _junction_helpers import SK_DIR, SK_NET, netgenerate_grid
 
 from controller.errors import ConfigError
+from controller.plans import lost_time_s
 from controller.signals import GroupKind, JunctionSignals
+from controller.webster import stage_min_greens
 from sim.junction import (
     JunctionModel,
     derive_junction,
@@ -19,6 +22,7 @@ from sim.junction import (
     load_junction,
     pedestrian_min_green,
 )
+from sim.netbuild import sumo_binary
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +159,34 @@ def test_derive_on_generated_grid(grid: JunctionModel) -> None:
     assert grid.additional_files and grid.additional_files[0].is_file()
     kinds = {d.kind.value for d in grid.detectors}
     assert {"stop_line", "upstream", "queue", "push_button"} <= kinds
+
+
+def _minimum_cycle(m: JunctionModel) -> int:
+    seq = [st.id for st in m.signals.stages]
+    return lost_time_s(m.signals, seq) + sum(stage_min_greens(m.signals, seq))
+
+
+def test_a_derived_junction_gets_room_to_adapt_in(
+    grid: JunctionModel, tmp_path: Path
+) -> None:
+    """90 s, or the stages' minimum cycle plus 30 s, at most the validator's 120 s."""
+    net = tmp_path / "spider5.net.xml"
+    subprocess.run(
+        [str(sumo_binary("netgenerate")), "--spider", "--spider.arm-number=5",
+         "--spider.circle-number=1", "--spider.space-radius=200", "--tls.guess", "true",
+         "--no-turnarounds", "true", "-o", str(net)],
+        check=True, capture_output=True, timeout=60,
+    )
+    spider = derive_junction(net, "A1")
+    _check_consistent(spider)
+    # Five arms, one stage each: minimum greens and intergreens alone fill 90 s.
+    assert len(spider.signals.stages) == 5
+    assert _minimum_cycle(spider) >= 85
+    assert spider.signals.max_cycle_s == min(120, _minimum_cycle(spider) + 30)
+    assert spider.signals.max_cycle_s - _minimum_cycle(spider) >= 30
+    assert grid.signals.max_cycle_s == max(90, _minimum_cycle(grid) + 30)
+    # The engineer's value stands where one is given.
+    assert derive_junction(net, "A1", max_cycle_s=100).signals.max_cycle_s == 100
 
 
 def test_derive_on_schlosskreuzung(tmp_path: Path) -> None:
