@@ -32,7 +32,8 @@ import numpy as np
 
 from controller.errors import ConfigError
 from controller.messages import DetectorInfo, DetectorKind
-from controller.plans import lost_time_s
+from controller.plans import StagePlan, compile_plan, lost_time_s
+from controller.safety import validate_program
 from controller.signals import CYCLE_CEILING_S, GroupKind, JunctionSignals, SignalGroup, Stage
 from controller.webster import stage_min_greens
 
@@ -1340,7 +1341,25 @@ def derive_junction(
         cycle = derived_max_cycle_s(model.signals)
         model = dataclasses.replace(
             model, signals=dataclasses.replace(model.signals, max_cycle_s=cycle))
+    _check_minimum_plan(model.signals, net.path)
     return model
+
+
+def _check_minimum_plan(signals: JunctionSignals, source: Path) -> None:
+    """Refuse derived stages that no plan can run safely: not even every stage at its
+    minimum green passes the safety rules (too many stages for the maximum cycle and
+    the maximum red)."""
+    seq = tuple(s.id for s in signals.stages)
+    plan = compile_plan(signals, StagePlan(seq, stage_min_greens(signals, seq)), "minimum")
+    broken = validate_program(signals, plan)
+    if broken:
+        shown = "; ".join(v.message for v in broken[:3])
+        raise ConfigError(
+            f"the {len(seq)} derived stages take {plan.cycle_s} s at their minimum greens, and "
+            f"even that plan breaks the safety rules ({shown}); describe the junction in a "
+            "junction.toml with stages that combine compatible movements (docs/junction.md)",
+            source,
+        )
 
 
 def derived_max_cycle_s(signals: JunctionSignals) -> int:

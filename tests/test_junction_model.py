@@ -166,17 +166,23 @@ def _minimum_cycle(m: JunctionModel) -> int:
     return lost_time_s(m.signals, seq) + sum(stage_min_greens(m.signals, seq))
 
 
-def test_a_derived_junction_gets_room_to_adapt_in(
-    grid: JunctionModel, tmp_path: Path
-) -> None:
-    """90 s, or the stages' minimum cycle plus 30 s, at most the validator's 120 s."""
-    net = tmp_path / "spider5.net.xml"
+def _spider(arms: int, out: Path) -> Path:
+    """A netgenerate spider whose centre A1 is a signalised junction with ``arms`` arms."""
+    net = out / f"spider{arms}.net.xml"
     subprocess.run(
-        [str(sumo_binary("netgenerate")), "--spider", "--spider.arm-number=5",
+        [str(sumo_binary("netgenerate")), "--spider", f"--spider.arm-number={arms}",
          "--spider.circle-number=1", "--spider.space-radius=200", "--tls.guess", "true",
          "--no-turnarounds", "true", "-o", str(net)],
         check=True, capture_output=True, timeout=60,
     )
+    return net
+
+
+def test_a_derived_junction_gets_room_to_adapt_in(
+    grid: JunctionModel, tmp_path: Path
+) -> None:
+    """90 s, or the stages' minimum cycle plus 30 s, at most the validator's 120 s."""
+    net = _spider(5, tmp_path)
     spider = derive_junction(net, "A1")
     _check_consistent(spider)
     # Five arms, one stage each: minimum greens and intergreens alone fill 90 s.
@@ -187,6 +193,12 @@ def test_a_derived_junction_gets_room_to_adapt_in(
     assert grid.signals.max_cycle_s == max(90, _minimum_cycle(grid) + 30)
     # The engineer's value stands where one is given.
     assert derive_junction(net, "A1", max_cycle_s=100).signals.max_cycle_s == 100
+
+
+def test_derived_stages_no_plan_can_run_safely_are_a_config_error(tmp_path: Path) -> None:
+    # Eight arms, one stage each: 136 s at minimum greens, over the 120 s ceiling.
+    with pytest.raises(ConfigError, match=r"8 derived stages take 1\d\d s .* junction\.toml"):
+        derive_junction(_spider(8, tmp_path), "A1")
 
 
 def test_derive_on_schlosskreuzung(tmp_path: Path) -> None:
