@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from controller.errors import ConfigError
+from controller.errors import ConfigError, SimulationError
 
 EXIT_CONFIG = 2
+#: SUMO stopped a run (its message is printed).
+EXIT_SIMULATION = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atsc: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except SimulationError as exc:
+        print(f"atsc: error: {exc}", file=sys.stderr)
+        return EXIT_SIMULATION
     except KeyboardInterrupt:
         return 130
     return 1

@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from controller.errors import SimulationError
 from sim.kpis import RunKpis
 from sim.runner import Case, run_one
 
@@ -64,6 +65,13 @@ def _job(case: Case, controller: str, seed: int, out_dir: Path) -> RunKpis:
     try:
         return run_one(case, controller, seed, out_dir)
     except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("libsumo", "traci"):
+            # SUMO's own refusal (a route over an unknown edge, a broken additional file):
+            # the engineer's input, not a bug, so a message rather than a traceback.
+            raise SimulationError(
+                f"{case.label} {controller} seed {seed}: SUMO stopped the run: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
         try:
             pickle.dumps(exc)
         except Exception:
@@ -100,7 +108,13 @@ def run_batch(
         for done, fut in enumerate(as_completed(futures), start=1):
             k = futures[fut]
             case, ctrl, seed = jobs[k]
-            kpis = fut.result()
+            try:
+                kpis = fut.result()
+            except BaseException:
+                # One failed run fails the batch: the runs not started yet are not started.
+                for other in futures:
+                    other.cancel()
+                raise
             results[k] = kpis
             delay = "n/a" if kpis.vehicle_delay_s is None else f"{kpis.vehicle_delay_s:.1f} s"
             say(

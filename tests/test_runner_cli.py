@@ -125,6 +125,22 @@ def test_malformed_network_unknown_tls_and_bad_scenario_file(tmp_path: Path) -> 
 
 
 @pytest.mark.sumo
+def test_a_run_sumo_refuses_is_one_line_exit_1(tmp_path: Path) -> None:
+    net, _, tls = generated_network(tmp_path)
+    routes = tmp_path / "bad.rou.xml"
+    routes.write_text('<routes><flow id="x" from="NOPE" to="B1C1" begin="0" end="100" '
+                      'vehsPerHour="100"/></routes>')
+    res = atsc("run", "--net", str(net), "--routes", str(routes), "--tls", tls,
+               "--controller", "fixed", "--controller", "actuated", "--seeds", "2",
+               "--end", "300", "--warmup", "50", "--no-report", "--out", str(tmp_path / "o"))
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("atsc: error:")]
+    assert len(errors) == 1
+    assert "SUMO stopped the run" in errors[0] and "'NOPE'" in errors[0]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.sumo
 @pytest.mark.slow
 def test_batch_runs_on_a_local_dask_cluster(tmp_path: Path) -> None:
     case = short_case(end_s=500.0, warmup_s=100.0)
