@@ -131,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+    if args.workers < 1 or (args.dask_local is not None and args.dask_local < 1):
+        raise ConfigError("--workers and --dask-local must be at least 1")
     if args.sumocfg is not None:
         if not args.tls:
             raise ConfigError("--sumocfg needs --tls ID")

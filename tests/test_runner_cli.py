@@ -93,6 +93,7 @@ def test_sumocfg_inputs_and_window_are_honoured(tmp_path: Path) -> None:
         (["run", "no_such_scenario"], "no_such_scenario"),
         (["run", "morning_peak", "--controller", "psychic"], "psychic"),
         (["run", "morning_peak", "--begin", "900", "--end", "300"], "end"),
+        (["run", "morning_peak", "--workers", "0"], "--workers"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
