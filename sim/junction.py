@@ -32,7 +32,7 @@ import numpy as np
 
 from controller.errors import ConfigError
 from controller.messages import DetectorInfo, DetectorKind
-from controller.plans import StagePlan, compile_plan, lost_time_s
+from controller.plans import SignalProgram, StagePlan, compile_plan
 from controller.safety import validate_program
 from controller.signals import CYCLE_CEILING_S, GroupKind, JunctionSignals, SignalGroup, Stage
 from controller.webster import stage_min_greens
@@ -1332,7 +1332,7 @@ def derive_junction(
         name=tls_id, directory=Path(out_dir) if out_dir else net.path.parent, net=net,
         tls_id=tls_id, links=links, approaches=approaches, group_defs=named, stages=None,
         stage_order=order, official={}, walking_speed=walking_speed_mps,
-        max_cycle_s=max_cycle_s or CYCLE_CEILING_S,
+        max_cycle_s=CYCLE_CEILING_S if max_cycle_s is None else max_cycle_s,
         additional_files=det_files, detector_overrides={}, push_button_defs=buttons,
         source=net.path,
     )
@@ -1345,19 +1345,25 @@ def derive_junction(
     return model
 
 
+def _minimum_plan(signals: JunctionSignals) -> SignalProgram:
+    """Every stage at its minimum green, with the transitions (Zwischenzeiten) between."""
+    seq = tuple(s.id for s in signals.stages)
+    return compile_plan(signals, StagePlan(seq, stage_min_greens(signals, seq)), "minimum")
+
+
 def _check_minimum_plan(signals: JunctionSignals, source: Path) -> None:
     """Refuse derived stages that no plan can run safely: not even every stage at its
     minimum green passes the safety rules (too many stages for the maximum cycle and
     the maximum red)."""
-    seq = tuple(s.id for s in signals.stages)
-    plan = compile_plan(signals, StagePlan(seq, stage_min_greens(signals, seq)), "minimum")
+    plan = _minimum_plan(signals)
     broken = validate_program(signals, plan)
     if broken:
         shown = "; ".join(v.message for v in broken[:3])
         raise ConfigError(
-            f"the {len(seq)} derived stages take {plan.cycle_s} s at their minimum greens, and "
-            f"even that plan breaks the safety rules ({shown}); describe the junction in a "
-            "junction.toml with stages that combine compatible movements (docs/junction.md)",
+            f"the {len(signals.stages)} derived stages take {plan.cycle_s} s at their minimum "
+            f"greens, and even that plan breaks the safety rules ({shown}); describe the "
+            "junction in a junction.toml with stages that combine compatible movements "
+            "(docs/junction.md)",
             source,
         )
 
@@ -1366,12 +1372,11 @@ def derived_max_cycle_s(signals: JunctionSignals) -> int:
     """Maximum cycle for derived stages: 90 s, or their minimum cycle plus 30 s of room.
 
     The minimum cycle is every stage at its minimum green plus the transitions
-    (Zwischenzeiten) of the stage sequence.  A junction with many stages (five
-    arms, one stage each) fills 90 s with minimum greens alone, and no controller
-    could move a second; it gets up to the validator's ceiling (120 s) instead.
+    of the stage sequence.  A junction with many stages (five arms, one stage
+    each) fills 90 s with minimum greens alone, and no controller could move a
+    second; it gets up to the validator's ceiling (120 s) instead.
     """
-    seq = [s.id for s in signals.stages]
-    minimum = lost_time_s(signals, seq) + sum(stage_min_greens(signals, seq))
+    minimum = _minimum_plan(signals).cycle_s
     return min(CYCLE_CEILING_S, max(DERIVED_MAX_CYCLE_S, minimum + DERIVED_CYCLE_ROOM_S))
 
 
