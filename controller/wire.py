@@ -189,7 +189,7 @@ def _dumps(obj: object) -> bytes:
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+    return _cut(text, _DETAIL_MAX)
 
 
 # -- topics --------------------------------------------------------------------
@@ -550,11 +550,31 @@ def decode_plan(payload: bytes, *, topic: str = "") -> PlanCommand | Rejected:
     )
 
 
+#: Characters an ack's reason may have (``plan_ack.json``).
+_ACK_REASON_MAX: Final = int(_SCHEMAS[TopicKind.PLAN_ACK]["properties"]["reason"]["maxLength"])
+
+
 def encode_ack(ack: PlanAck) -> bytes:
-    return _validate_out(TopicKind.PLAN_ACK, {
+    """The ack on the wire.  Its reason is free text for logs: one too long for the schema
+    or, JSON-escaped, for the payload limit is cut and ends with "..."."""
+    obj = {
         "program_id": ack.program_id, "seq": ack.seq, "status": ack.status.value,
-        "reason": ack.reason, "ts": ack.ts,
-    })
+        "reason": _cut(ack.reason, _ACK_REASON_MAX), "ts": ack.ts,
+    }
+    limit = MAX_PAYLOAD_BYTES[TopicKind.PLAN_ACK]
+    if len(_dumps(obj)) > limit:
+        # A character takes 1 to 6 bytes in JSON: keep the longest prefix that fits.
+        reason, keep, too_long = str(obj["reason"]), 0, len(str(obj["reason"]))
+        while too_long - keep > 1:
+            mid = (keep + too_long) // 2
+            obj["reason"] = reason[:mid] + "..."
+            keep, too_long = (mid, too_long) if len(_dumps(obj)) <= limit else (keep, mid)
+        obj["reason"] = reason[:keep] + "..."
+    return _validate_out(TopicKind.PLAN_ACK, obj)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def decode_ack(payload: bytes, *, topic: str = "") -> PlanAck | Rejected:

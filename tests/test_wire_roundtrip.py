@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -115,7 +116,28 @@ def test_wire_ack_roundtrip(pid: str, seq: int, status: AckStatus, reason: str, 
     ack = PlanAck(pid, seq, status, reason, ts)
     payload = wire.encode_ack(ack)
     _validates(TopicKind.PLAN_ACK, payload)
-    assert wire.decode_ack(payload) == ack
+    assert len(payload) <= wire.MAX_PAYLOAD_BYTES[TopicKind.PLAN_ACK]
+    back = wire.decode_ack(payload)
+    assert isinstance(back, PlanAck)
+    assert replace(back, reason=ack.reason) == ack
+    # The reason is free text: cut only where it would not fit, and marked.
+    if back.reason != ack.reason:
+        assert back.reason.endswith("...") and ack.reason.startswith(back.reason[:-3])
+
+
+def test_an_ack_reason_that_escapes_beyond_the_payload_limit_is_cut_to_fit() -> None:
+    """256 characters are within the schema, but control characters are six bytes each in
+    JSON: the encoder raised ValueError (found by hypothesis in CI)."""
+    reason = "\x1f" * 200 + "Zwischenzeit K1/K2" + "Ī" * 38
+    payload = wire.encode_ack(PlanAck("p-1", 3, AckStatus.REJECTED, reason, 1767225600.0))
+    assert len(payload) <= wire.MAX_PAYLOAD_BYTES[TopicKind.PLAN_ACK]
+    back = wire.decode_ack(payload)
+    assert isinstance(back, PlanAck)
+    assert back.reason.endswith("...") and reason.startswith(back.reason[:-3])
+    assert len(back.reason) > 100  # cut as little as needed
+    long = "x" * 300  # over the schema's 256 characters
+    back = wire.decode_ack(wire.encode_ack(PlanAck("p-1", 4, AckStatus.REJECTED, long, 1e9)))
+    assert isinstance(back, PlanAck) and back.reason == "x" * 253 + "..."
 
 
 @settings(max_examples=100, deadline=None)
