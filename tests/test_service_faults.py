@@ -15,6 +15,7 @@ import pytest
 from _mqtt_broker import MosquittoBroker, running_broker
 from test_service_harness import (
     JUNCTION,
+    PUSH_ON_ANY_GAIN,
     ScriptedField,
     ServiceProcess,
     async_wait_for,
@@ -117,9 +118,7 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
 def test_sigterm_publishes_stopping_and_exits_0_within_5_s_then_sigkill_leaves_offline(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    # Any gain pushes a plan: with the 5 % margin the scripted traffic sometimes left the
-    # best candidate at 4 % for the whole 20 s, and this test is about shutting down.
-    cfg = service_config(tmp_path / "svc.toml", controller_extra="margin = 0.0")
+    cfg = service_config(tmp_path / "svc.toml", controller_extra=PUSH_ON_ANY_GAIN)
     statuses: list[str] = []
 
     async def run_until_online_then(sig: int) -> tuple[ServiceProcess, float, ScriptedField]:

@@ -27,6 +27,7 @@ from _mqtt_broker import MosquittoBroker, running_broker
 from test_service_harness import (
     FALLBACK_STAGES,
     JUNCTION,
+    PUSH_ON_ANY_GAIN,
     ScriptedField,
     async_wait_for,
     fallback_program,
@@ -338,7 +339,7 @@ def _decisions(log: str) -> list[str]:
 def test_restarted_service_renews_or_replaces_the_program_its_predecessor_pushed(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    cfg = service_config(tmp_path / "svc.toml")
+    cfg = service_config(tmp_path / "svc.toml", controller_extra=PUSH_ON_ANY_GAIN)
     state = tmp_path / "state"
     state.mkdir()
 
@@ -380,7 +381,7 @@ def test_restarted_service_renews_or_replaces_the_program_its_predecessor_pushed
 def test_control_without_the_state_file_the_running_program_is_unknown_and_never_renewed(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    cfg = service_config(tmp_path / "svc.toml")
+    cfg = service_config(tmp_path / "svc.toml", controller_extra=PUSH_ON_ANY_GAIN)
     state, empty = tmp_path / "state", tmp_path / "empty"
     state.mkdir()
     empty.mkdir()
