@@ -559,17 +559,17 @@ def encode_ack(ack: PlanAck) -> bytes:
     or, JSON-escaped, for the payload limit is cut and ends with "..."."""
     obj = {
         "program_id": ack.program_id, "seq": ack.seq, "status": ack.status.value,
-        "reason": _cut(ack.reason, _ACK_REASON_MAX), "ts": ack.ts,
+        "reason": ack.reason, "ts": ack.ts,
     }
     limit = MAX_PAYLOAD_BYTES[TopicKind.PLAN_ACK]
-    if len(_dumps(obj)) > limit:
-        # A character takes 1 to 6 bytes in JSON: keep the longest prefix that fits.
-        reason, keep, too_long = str(obj["reason"]), 0, len(str(obj["reason"]))
+    if len(ack.reason) > _ACK_REASON_MAX or len(_dumps(obj)) > limit:
+        # The longest prefix that fits both: a character takes 1 to 6 bytes in JSON.
+        keep, too_long = 0, min(len(ack.reason), _ACK_REASON_MAX - 2)
         while too_long - keep > 1:
             mid = (keep + too_long) // 2
-            obj["reason"] = reason[:mid] + "..."
+            obj["reason"] = ack.reason[:mid] + "..."
             keep, too_long = (mid, too_long) if len(_dumps(obj)) <= limit else (keep, mid)
-        obj["reason"] = reason[:keep] + "..."
+        obj["reason"] = ack.reason[:keep] + "..."
     return _validate_out(TopicKind.PLAN_ACK, obj)
 
 

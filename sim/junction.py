@@ -1337,11 +1337,12 @@ def derive_junction(
         source=net.path,
     )
     model = _order_stages(model, approaches)
+    minimum = _minimum_plan(model.signals)
     if max_cycle_s is None:
-        cycle = derived_max_cycle_s(model.signals)
+        cycle = derived_max_cycle_s(minimum.cycle_s)
         model = dataclasses.replace(
             model, signals=dataclasses.replace(model.signals, max_cycle_s=cycle))
-    _check_minimum_plan(model.signals, net.path)
+    _check_minimum_plan(model.signals, minimum, net.path)
     return model
 
 
@@ -1351,24 +1352,23 @@ def _minimum_plan(signals: JunctionSignals) -> SignalProgram:
     return compile_plan(signals, StagePlan(seq, stage_min_greens(signals, seq)), "minimum")
 
 
-def _check_minimum_plan(signals: JunctionSignals, source: Path) -> None:
+def _check_minimum_plan(signals: JunctionSignals, minimum: SignalProgram, source: Path) -> None:
     """Refuse derived stages that no plan can run safely: not even every stage at its
     minimum green passes the safety rules (too many stages for the maximum cycle and
     the maximum red)."""
-    plan = _minimum_plan(signals)
-    broken = validate_program(signals, plan)
+    broken = validate_program(signals, minimum)
     if broken:
         shown = "; ".join(v.message for v in broken[:3])
         raise ConfigError(
-            f"the {len(signals.stages)} derived stages take {plan.cycle_s} s at their minimum "
-            f"greens, and even that plan breaks the safety rules ({shown}); describe the "
-            "junction in a junction.toml with stages that combine compatible movements "
+            f"the {len(signals.stages)} derived stages take {minimum.cycle_s} s at their "
+            f"minimum greens, and even that plan breaks the safety rules ({shown}); describe "
+            "the junction in a junction.toml with stages that combine compatible movements "
             "(docs/junction.md)",
             source,
         )
 
 
-def derived_max_cycle_s(signals: JunctionSignals) -> int:
+def derived_max_cycle_s(minimum_cycle_s: int) -> int:
     """Maximum cycle for derived stages: 90 s, or their minimum cycle plus 30 s of room.
 
     The minimum cycle is every stage at its minimum green plus the transitions
@@ -1376,8 +1376,7 @@ def derived_max_cycle_s(signals: JunctionSignals) -> int:
     each) fills 90 s with minimum greens alone, and no controller could move a
     second; it gets up to the validator's ceiling (120 s) instead.
     """
-    minimum = _minimum_plan(signals).cycle_s
-    return min(CYCLE_CEILING_S, max(DERIVED_MAX_CYCLE_S, minimum + DERIVED_CYCLE_ROOM_S))
+    return min(CYCLE_CEILING_S, max(DERIVED_MAX_CYCLE_S, minimum_cycle_s + DERIVED_CYCLE_ROOM_S))
 
 
 def _early_ends(

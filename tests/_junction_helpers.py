@@ -22,3 +22,17 @@ def netgenerate_grid(out: Path) -> Path:
         check=True, capture_output=True, timeout=60,
     )
     return out
+
+
+def netgenerate_spider(arms: int, out_dir: Path) -> Path:
+    """A one-ring spider whose centre A1 is a signalised junction with ``arms`` arms."""
+    net = out_dir / f"spider{arms}.net.xml"
+    subprocess.run(
+        [
+            str(sumo_binary("netgenerate")), "--spider", f"--spider.arm-number={arms}",
+            "--spider.circle-number=1", "--spider.space-radius=200", "--tls.guess", "true",
+            "--no-turnarounds", "true", "-o", str(net),
+        ],
+        check=True, capture_output=True, timeout=60,
+    )
+    return net

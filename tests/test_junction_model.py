@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from _junction_helpers import SK_DIR, SK_NET, netgenerate_grid
+from _junction_helpers import SK_DIR, SK_NET, netgenerate_grid, netgenerate_spider
 
 from controller.errors import ConfigError
 from controller.plans import lost_time_s
@@ -22,7 +21,6 @@ from sim.junction import (
     load_junction,
     pedestrian_min_green,
 )
-from sim.netbuild import sumo_binary
 
 
 @pytest.fixture(scope="module")
@@ -166,23 +164,11 @@ def _minimum_cycle(m: JunctionModel) -> int:
     return lost_time_s(m.signals, seq) + sum(stage_min_greens(m.signals, seq))
 
 
-def _spider(arms: int, out: Path) -> Path:
-    """A netgenerate spider whose centre A1 is a signalised junction with ``arms`` arms."""
-    net = out / f"spider{arms}.net.xml"
-    subprocess.run(
-        [str(sumo_binary("netgenerate")), "--spider", f"--spider.arm-number={arms}",
-         "--spider.circle-number=1", "--spider.space-radius=200", "--tls.guess", "true",
-         "--no-turnarounds", "true", "-o", str(net)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return net
-
-
 def test_a_derived_junction_gets_room_to_adapt_in(
     grid: JunctionModel, tmp_path: Path
 ) -> None:
     """90 s, or the stages' minimum cycle plus 30 s, at most the validator's 120 s."""
-    net = _spider(5, tmp_path)
+    net = netgenerate_spider(5, tmp_path)
     spider = derive_junction(net, "A1")
     _check_consistent(spider)
     # Five arms, one stage each: minimum greens and intergreens alone fill 90 s.
@@ -198,7 +184,7 @@ def test_a_derived_junction_gets_room_to_adapt_in(
 def test_derived_stages_no_plan_can_run_safely_are_a_config_error(tmp_path: Path) -> None:
     # Eight arms, one stage each: 136 s at minimum greens, over the 120 s ceiling.
     with pytest.raises(ConfigError, match=r"8 derived stages take 1\d\d s .* junction\.toml"):
-        derive_junction(_spider(8, tmp_path), "A1")
+        derive_junction(netgenerate_spider(8, tmp_path), "A1")
 
 
 def test_derive_on_schlosskreuzung(tmp_path: Path) -> None:
