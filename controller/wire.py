@@ -189,7 +189,7 @@ def _dumps(obj: object) -> bytes:
 
 
 def _clip(text: str) -> str:
-    return _cut(text, _DETAIL_MAX)
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
 
 
 # -- topics --------------------------------------------------------------------
@@ -571,10 +571,6 @@ def encode_ack(ack: PlanAck) -> bytes:
             keep, too_long = (mid, too_long) if len(_dumps(obj)) <= limit else (keep, mid)
         obj["reason"] = ack.reason[:keep] + "..."
     return _validate_out(TopicKind.PLAN_ACK, obj)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def decode_ack(payload: bytes, *, topic: str = "") -> PlanAck | Rejected:
