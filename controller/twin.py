@@ -32,6 +32,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -122,6 +123,10 @@ class TwinYield:
 
 #: Persons one pedestrian counts for in the ranking score unless configured otherwise.
 DEFAULT_PEDESTRIAN_WEIGHT = 1.0
+#: The twin's drivers unless configured otherwise: SUMO's default driver's queue discharge
+#: (docs/twin.md, "Drivers").
+DEFAULT_STARTUP_DELAY_S = 0.7
+DEFAULT_CAR_ACCEL_MPS2 = 2.3
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,17 @@ class TwinConfig:
     pedestrian_prior_s: float = 600.0
     #: Forgetting of the push-button record per second (time constant, seconds).
     pedestrian_time_constant_s: float = 1800.0
+    #: The twin's drivers: SUMO's Krauss model without imperfection, so that runs are
+    #: deterministic.  Without imperfection SUMO's default driver releases a standing
+    #: queue about a quarter faster than the field's default driver (``sigma`` 0.5), and
+    #: a twin with more capacity than the field prefers cycles that are too short.  A
+    #: start-up delay (s) and a lower acceleration of the cars (m/s²) make the twin's
+    #: discharge match the field's, second by second of green (docs/twin.md, "Drivers";
+    #: ``bench/twin_discharge.py``).  The reaction time stays SUMO's 1 s, the step
+    #: length: with any other the score of a program depended on the program the worker
+    #: had run before it.  At a real junction: calibrate to its measured saturation flow.
+    startup_delay_s: float = DEFAULT_STARTUP_DELAY_S
+    car_accel_mps2: float = DEFAULT_CAR_ACCEL_MPS2
 
     def __post_init__(self) -> None:
         if self.horizon_s < 1 or self.step_length_s != 1.0:
@@ -221,6 +237,8 @@ class TwinConfig:
             raise ValueError("terminal_s_per_vehicle and terminal_queued_mps must be >= 0")
         if self.max_replications < 1 or self.replication_vehicles < 1:
             raise ValueError("max_replications and replication_vehicles must be >= 1")
+        if not (self.startup_delay_s >= 0 and self.car_accel_mps2 > 0):
+            raise ValueError("startup_delay_s must be >= 0 and car_accel_mps2 above 0")
         if not (math.isfinite(self.pedestrian_weight) and self.pedestrian_weight > 0):
             raise ValueError("pedestrian_weight must be a finite number above 0")
         object.__setattr__(self, "lanes", dict(self.lanes))
@@ -836,6 +854,30 @@ def replications(config: TwinConfig, snapshot: TwinSnapshot) -> int:
     return max(1, min(config.max_replications, wanted))
 
 
+def vtype_xml(type_id: str, attributes: Mapping[str, str | float]) -> str:
+    """A SUMO ``<vType>`` element with ``attributes`` (SUMO's attribute names)."""
+    attrs = "".join(f" {k}={quoteattr(str(v))}" for k, v in sorted(attributes.items()))
+    return f"<vType id={quoteattr(type_id)}{attrs}/>"
+
+
+def driver_types(config: TwinConfig) -> dict[str, dict[str, str | float]]:
+    """The twin's vehicle types by kind (``car``, ``bus``), as SUMO vType attributes.
+
+    Without driver imperfection (``sigma``) and speed spread the twin is deterministic,
+    and the delay difference between candidates comes from the plans alone.  The
+    start-up delay and the cars' acceleration restore the field's queue discharge
+    (``TwinConfig.startup_delay_s``).  ``bench/twin_discharge.py`` measures these
+    same types against SUMO's default driver.
+    """
+    deterministic: dict[str, str | float] = {
+        "sigma": 0.0, "speedDev": 0.0, "startupDelay": config.startup_delay_s,
+    }
+    return {
+        CAR: {**deterministic, "accel": config.car_accel_mps2},
+        BUS: {**deterministic, "vClass": "bus", "length": config.bus_length_m, "accel": 1.2},
+    }
+
+
 class _Worker:
     """One libsumo simulation of the junction, reused for every evaluation in this process."""
 
@@ -851,8 +893,17 @@ class _Worker:
         self.draws: list[_Draw] = []
         self.boundary = 0
         self.tables: dict[tuple[object, ...], tuple[str, ...]] = {}
+        # The vehicle types as an additional file: the same definitions that
+        # bench/twin_discharge.py measures (sim.discharge).
+        types = self.scratch / f"types-{os.getpid()}.add.xml"
+        types.write_text(
+            "<additional>\n"
+            + "".join(f"    {vtype_xml(f'twin_{kind}', attributes)}\n"
+                      for kind, attributes in driver_types(config).items())
+            + "</additional>\n"
+        )
         libsumo.start([
-            "sumo", "-n", config.net_file,
+            "sumo", "-n", config.net_file, "-a", str(types),
             "--begin", "0",
             "--step-length", "1",
             "--seed", str(config.seed),
@@ -868,16 +919,6 @@ class _Worker:
             "--save-state.precision", "6",
         ])
         s = libsumo
-        s.vehicletype.copy("DEFAULT_VEHTYPE", "twin_car")
-        s.vehicletype.copy("DEFAULT_VEHTYPE", "twin_bus")
-        s.vehicletype.setVehicleClass("twin_bus", "bus")
-        s.vehicletype.setLength("twin_bus", config.bus_length_m)
-        s.vehicletype.setAccel("twin_bus", 1.2)
-        for vt in ("twin_car", "twin_bus"):
-            # Without driver imperfection and speed spread the twin is deterministic, and
-            # the delay difference between candidates comes from the plans alone.
-            s.vehicletype.setImperfection(vt, 0.0)
-            s.vehicletype.setSpeedDeviation(vt, 0.0)
         #: Lanes a twin car may stand on: a cyclist on a bicycle lane (ground truth
         #: reports it with its next signal group) does not block cars and is not placed.
         self.car_lanes = frozenset(

@@ -396,9 +396,10 @@ def twin_config_from_model(
     snapshot on, vehicles driving to the end of their exit edge.  The default is
     the fast twin (docs/twin.md, "Performance"): the running cycle's rest
     simulated once and shared, and vehicles leaving ``EXIT_M`` into their exit
-    edge; its scores equal the reference's.  ``vehicle_net=True`` runs the twin
-    on the vehicle-only network (``twin_net``).  It was measured and is not the
-    default: it is not faster, and its smaller junction changes the ranking.
+    edge; it ranks programs as the reference does (docs/twin.md, "Drivers").
+    ``vehicle_net=True`` runs the twin on the vehicle-only network (``twin_net``).
+    It was measured and is not the default: it is not faster, and its smaller
+    junction changes the ranking.
     """
     signals = model.signals
     lanes = _lanes(model.net_file)

@@ -30,7 +30,7 @@ import pytest
 
 from controller.adaptive import AdaptiveConfig, AdaptiveCore, Outcome
 from controller.messages import DetectorReading, HardwareState, PlanAck
-from controller.optimiser import propose
+from controller.optimiser import capacity_check, propose
 from controller.transport import Journal, Received, Scored, replay
 from controller.twin import SnapshotBuilder, SumoTwin
 from sim import drivers
@@ -243,10 +243,13 @@ def test_replay_of_the_messages_alone_reproduces_every_plan_command(recorded: Re
                        for m in entry.messages)
     parts = twin_parts(recorded.model)
     try:
+        # Built as the driver builds its core: the same parts, the capacity rule on the
+        # running plan included (a retirement the replay could not make would diverge).
         fresh = AdaptiveCore(
             recorded.model.signals, recorded.fallback,
             perception=perception_for(recorded.model, parts.snapshots),
             proposer=parts.proposer, evaluator=parts.evaluator,
+            running_check=parts.running_check,
         )
         assert not _simulation_loaded()
         # rescore: the fresh twin scores every job's snapshot again; the recorded
@@ -264,7 +267,7 @@ def test_replay_of_the_messages_alone_reproduces_every_plan_command(recorded: Re
         recorded.model.signals, recorded.fallback,
         perception=perception_for(recorded.model, SnapshotBuilder(
             twin_config_from_model(recorded.model, horizon_s=TWIN_HORIZON_S))),
-        proposer=propose, evaluator=_NoTwin(),
+        proposer=propose, evaluator=_NoTwin(), running_check=capacity_check,
     )
     assert replay(twinless, recorded.journal) == issued
 

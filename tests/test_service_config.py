@@ -171,6 +171,22 @@ def test_twin_pedestrian_weight_defaults_to_the_twin_and_is_checked(tmp_path: Pa
                           "pedestrian_weight = 0"))
 
 
+def test_twin_drivers_default_to_the_twin_and_are_checked(tmp_path: Path) -> None:
+    from controller.twin import TwinConfig
+
+    fields = TwinConfig.__dataclass_fields__
+    default = load_config(None).twin
+    assert (default.startup_delay_s, default.car_accel_mps2) == (
+        fields["startup_delay_s"].default, fields["car_accel_mps2"].default)
+    site = load_config(_edit(tmp_path, "timeout_s = 20.0", "timeout_s = 20.0\n"
+                             "startup_delay_s = 0.9\ncar_accel_mps2 = 1.8"))
+    assert (site.twin.startup_delay_s, site.twin.car_accel_mps2) == (0.9, 1.8)
+    with pytest.raises(ConfigError, match=r"\[twin\] car_accel_mps2: must be a number above 0"):
+        load_config(_edit(tmp_path, "timeout_s = 20.0", "timeout_s = 20.0\ncar_accel_mps2 = 0"))
+    with pytest.raises(ConfigError, match=r"\[twin\] startup_delay_s: must be a number at least"):
+        load_config(_edit(tmp_path, "timeout_s = 20.0", "timeout_s = 20.0\nstartup_delay_s = -1"))
+
+
 def test_fallback_from_a_program_file(tmp_path: Path) -> None:
     import json
 
@@ -200,11 +216,12 @@ def test_the_service_twin_ranks_with_the_configured_pedestrian_weight(tmp_path: 
     from sim.junction import load_junction
 
     cfg = load_config(_edit(tmp_path, 'evaluator = "analytic"', 'evaluator = "sumo"\n'
-                            "pedestrian_weight = 3"))
+                            "pedestrian_weight = 3\nstartup_delay_s = 0.9"))
     model = load_junction(cfg.junction.path)
     parts = build_parts(cfg, model, load_fallback(cfg, model.signals), Metrics(), 1)
     try:
         assert isinstance(parts.evaluator, SumoTwin)
         assert parts.evaluator.config.pedestrian_weight == 3.0
+        assert parts.evaluator.config.startup_delay_s == 0.9
     finally:
         parts.close()

@@ -138,9 +138,16 @@ def test_fast_twin_ranks_plans_like_the_detailed_twin() -> None:
             order_d = [s.program_id for s in sorted(d, key=lambda s: s.person_delay_s)]
             assert order_f == order_d, snap.cycle_second
             for a, b in zip(f, d, strict=True):
-                assert a.person_delay_s == pytest.approx(b.person_delay_s, abs=0.05)
-                assert a.vehicle_delay_s == pytest.approx(b.vehicle_delay_s, abs=0.05)
+                # SUMO's saved state does not carry a vehicle's start-up (the twin's drivers
+                # have a start-up delay, docs/twin.md "Drivers"): the vehicles moving at the
+                # shared prefix's end start once more.  Measured: up to 1.1 s per vehicle.
+                assert a.person_delay_s == pytest.approx(b.person_delay_s, abs=1.5)
+                assert a.vehicle_delay_s == pytest.approx(b.vehicle_delay_s, abs=1.5)
                 assert a.vehicles == b.vehicles
+            if snap.cycle_second == RUNNING.cycle_s - 1:
+                # Snapshot at the cycle's end: no prefix to share, the scores are equal.
+                assert all(a.person_delay_s == pytest.approx(b.person_delay_s, abs=0.01)
+                           for a, b in zip(f, d, strict=True))
 
 
 def test_vehicle_net_links_map_to_the_junction_links_by_lane(
@@ -176,7 +183,7 @@ def test_vehicle_net_links_map_to_the_junction_links_by_lane(
 def test_pedestrian_weight_moves_person_delay_towards_the_pedestrians(twin: SumoTwin) -> None:
     """A policy weight on pedestrians changes the ranking score, never the predictions."""
     snap = queued_snapshot()
-    programs = [RUNNING, STARVES_QUEUE]
+    programs = [SERVES_QUEUE, STARVES_QUEUE]
     plain = twin.evaluate(snap, programs)
     with SumoTwin(replace(CFG, pedestrian_weight=5.0), workers=1) as weighted_twin:
         weighted = weighted_twin.evaluate(snap, programs)

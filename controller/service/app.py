@@ -51,7 +51,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -245,8 +245,11 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics
         from controller.twin import SnapshotBuilder, SumoTwin
         from sim.twin_config import twin_config_from_model
 
-        twin_cfg = twin_config_from_model(model, horizon_s=cfg.twin.horizon_s,
-                                          pedestrian_weight=cfg.twin.pedestrian_weight)
+        twin_cfg = replace(
+            twin_config_from_model(model, horizon_s=cfg.twin.horizon_s,
+                                   pedestrian_weight=cfg.twin.pedestrian_weight),
+            startup_delay_s=cfg.twin.startup_delay_s, car_accel_mps2=cfg.twin.car_accel_mps2,
+        )
         twin = SumoTwin(twin_cfg, workers=cfg.twin.workers)
         inner: Any = twin
         snapshots = SnapshotBuilder(twin_cfg)

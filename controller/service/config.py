@@ -23,7 +23,11 @@ from typing import Any, Final, TypeVar
 
 from controller.adaptive import PEDESTRIAN_SLACK_S
 from controller.errors import ConfigError
-from controller.twin import DEFAULT_PEDESTRIAN_WEIGHT
+from controller.twin import (
+    DEFAULT_CAR_ACCEL_MPS2,
+    DEFAULT_PEDESTRIAN_WEIGHT,
+    DEFAULT_STARTUP_DELAY_S,
+)
 from controller.wire import ID_PATTERN, MAX_PAYLOAD_BYTES, TopicKind
 
 #: The example configuration ``atsc serve`` uses without ``--config``.
@@ -116,6 +120,10 @@ class TwinSection:
     timeout_s: float = 10.0
     #: Persons one pedestrian counts for in the twin's ranking (``TwinConfig.pedestrian_weight``).
     pedestrian_weight: float = DEFAULT_PEDESTRIAN_WEIGHT
+    #: The twin's drivers, calibrated to the junction's measured queue discharge
+    #: (``TwinConfig.startup_delay_s``, ``TwinConfig.car_accel_mps2``; docs/twin.md, "Drivers").
+    startup_delay_s: float = DEFAULT_STARTUP_DELAY_S
+    car_accel_mps2: float = DEFAULT_CAR_ACCEL_MPS2
 
 
 @dataclass(frozen=True)
@@ -406,6 +414,9 @@ def _twin(doc: Mapping[str, Any], path: Path) -> TwinSection:
         timeout_s=t.get("timeout_s", t.number(0.0, 300.0, open_lo=True), d.timeout_s),
         pedestrian_weight=t.get("pedestrian_weight", t.number(0.0, 100.0, open_lo=True),
                                 d.pedestrian_weight),
+        startup_delay_s=t.get("startup_delay_s", t.number(0.0, 5.0), d.startup_delay_s),
+        car_accel_mps2=t.get("car_accel_mps2", t.number(0.0, 5.0, open_lo=True),
+                             d.car_accel_mps2),
     )
     t.finish()
     return out
