@@ -218,7 +218,7 @@ class TwinConfig:
     pedestrian_time_constant_s: float = 1800.0
     #: The twin's drivers: SUMO's Krauss model without imperfection, so that runs are
     #: deterministic.  Without imperfection SUMO's default driver releases a standing
-    #: queue about a quarter faster than the field's default driver (``sigma`` 0.5), and
+    #: queue about 30 % faster than the field's default driver (``sigma`` 0.5), and
     #: a twin with more capacity than the field prefers cycles that are too short.  A
     #: start-up delay (s) and a lower acceleration of the cars (m/s²) make the twin's
     #: discharge match the field's, second by second of green (docs/twin.md, "Drivers";

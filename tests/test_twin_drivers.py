@@ -2,7 +2,7 @@
 
 The twin runs SUMO's Krauss driver without imperfection (``sigma`` 0), so that its runs
 are deterministic.  That driver with SUMO's default reaction time and acceleration
-released a queue about a quarter faster than the field's default driver (``sigma`` 0.5),
+released a queue about 30 % faster than the field's default driver (``sigma`` 0.5),
 and the twin preferred cycles too short for the field (docs/twin.md, "Drivers").  These
 tests measure the discharge at the Schlosskreuzung's north stop line with
 ``sim.discharge``, the same measurement as ``bench/twin_discharge.py``.
@@ -52,7 +52,7 @@ def test_the_twin_car_releases_a_queue_as_the_field_car_does(
         assert twin.after(second) == pytest.approx(field.after(second), rel=tolerance), second
 
 
-def test_without_calibration_the_twin_car_is_a_quarter_too_fast(
+def test_without_calibration_the_twin_car_is_far_too_fast(
     field: Discharge, tmp_path: Path
 ) -> None:
     # SUMO's default driver with imperfection off: the twin before.
