@@ -16,7 +16,7 @@ decision, decision latency p50/p99 and its parts, and twin throughput
 nothing; run it alone on the machine, the numbers are wall-clock.
 
     .venv/bin/python bench/decision.py [--scenario morning_peak] [--record-s 2400] \\
-        [--horizon-s 300] [--workers 1 2] [--out /tmp/atsc-bench-decision]
+        [--horizon-s 300] [--workers 1 2] [--uncalibrated] [--out /tmp/atsc-bench-decision]
 """
 
 from __future__ import annotations
@@ -161,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--horizon-s", type=int, default=300)
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2],
                     help="twin process counts to compare")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="also time the twin with SUMO's default drivers (no start-up delay, "
+                         "accel 2.6 m/s²), the twin before its drivers were calibrated")
     ap.add_argument("--out", type=Path, default=Path("/tmp/atsc-bench-decision"))
     args = ap.parse_args(argv)
     if args.horizon_s < 300:
@@ -175,25 +178,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [run_config(rec, "analytic (no twin)", AnalyticEvaluator(rec.model.signals),
                        EstimateSnapshots())]
     config = twin_config_from_model(rec.model, horizon_s=args.horizon_s)
+    variants = [("", config)]
+    if args.uncalibrated:
+        variants.append((", default drivers",
+                         replace(config, startup_delay_s=0.0, car_accel_mps2=2.6)))
     for n in args.workers:
-        twin = SumoTwin(config, workers=n)
-        try:
-            # Start every worker before timing (the pool spawns them on demand): one
-            # throwaway evaluation with a task for each.
-            empty = SnapshotBuilder(config).snapshot(0.0, None, rec.fallback, 0)
-            twin.evaluate(empty, [rec.fallback] * n)
-            rows.append(run_config(rec, f"twin {args.horizon_s} s, {n} process(es)", twin,
-                                   SnapshotBuilder(config)))
-        finally:
-            twin.close()
+        for suffix, cfg in variants:
+            twin = SumoTwin(cfg, workers=n)
+            try:
+                # Start every worker before timing (the pool spawns them on demand): one
+                # throwaway evaluation with a task for each.
+                empty = SnapshotBuilder(cfg).snapshot(0.0, None, rec.fallback, 0)
+                twin.evaluate(empty, [rec.fallback] * n)
+                rows.append(run_config(rec, f"twin {args.horizon_s} s, {n} proc.{suffix}",
+                                       twin, SnapshotBuilder(cfg)))
+            finally:
+                twin.close()
 
-    print(f"\n{'evaluator':<28}{'decisions':>10}{'cand.':>7}{'min':>5}{'p50 s':>8}{'p99 s':>8}"
+    print(f"\n{'evaluator':<40}{'decisions':>10}{'cand.':>7}{'min':>5}{'p50 s':>8}{'p99 s':>8}"
           f"{'twin p50 s':>12}{'rest p50 s':>12}{'sim-s/wall-s':>14}{'per process':>13}")
     for r in rows:
         total, per = r["sim_per_wall_total"], r["sim_per_wall_per_process"]
         twin_cols = (f"{total:>14.0f}{per:>13.0f}" if math.isfinite(per)
                      else f"{'-':>14}{'-':>13}")
-        print(f"{r['label']:<28}{r['decisions']:>10}{r['candidates']:>7.1f}"
+        print(f"{r['label']:<40}{r['decisions']:>10}{r['candidates']:>7.1f}"
               f"{r['min_candidates']:>5}{r['p50_s']:>8.2f}"
               f"{r['p99_s']:>8.2f}{r['evaluate_p50_s']:>12.3f}{r['rest_p50_s']:>12.3f}"
               + twin_cols)
