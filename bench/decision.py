@@ -47,6 +47,7 @@ from controller.transport import Journal, replay
 from controller.twin import SnapshotBuilder, SumoTwin, TwinScore
 from sim import drivers
 from sim.adaptive_driver import AdaptiveDriver, Parts, perception_for
+from sim.discharge import uncalibrated
 from sim.drivers import DriverContext
 from sim.junction import JunctionModel
 from sim.runner import case_from_scenario, run_one
@@ -180,8 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = twin_config_from_model(rec.model, horizon_s=args.horizon_s)
     variants = [("", config)]
     if args.uncalibrated:
-        variants.append((", default drivers",
-                         replace(config, startup_delay_s=0.0, car_accel_mps2=2.6)))
+        variants.append((", default drivers", uncalibrated(config)))
     for n in args.workers:
         for suffix, cfg in variants:
             twin = SumoTwin(cfg, workers=n)

@@ -22,11 +22,10 @@ holds the twin to the field).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from controller.twin import CAR, driver_types
-from sim.discharge import Discharge, mean_discharge, measure_discharge
+from sim.discharge import Discharge, mean_discharge, measure_discharge, uncalibrated
 from sim.junction import load_junction
 from sim.twin_config import twin_config_from_model
 
@@ -54,14 +53,13 @@ def main() -> None:
             scratch=args.out, entry_edge=entry, cycles=args.cycles, seed=seed,
         )
 
-    field = mean_discharge([run("field car", {}, seed) for seed in range(1, args.seeds + 1)],
-                  f"field: SUMO default driver (sigma 0.5), {args.seeds} seeds")
-    twin = run("twin car", driver_types(config)[CAR])
-    before = run("twin car before", driver_types(
-        replace(config, startup_delay_s=0.0, car_accel_mps2=2.6))[CAR])
-    twin = replace(twin, label=f"twin (start-up delay {config.startup_delay_s:g} s, "
-                               f"accel {config.car_accel_mps2:g} m/s², sigma 0)")
-    before = replace(before, label="twin before (no start-up delay, accel 2.6 m/s², sigma 0)")
+    field = mean_discharge(
+        [run("field: SUMO default driver", {}, seed) for seed in range(1, args.seeds + 1)],
+        f"field: SUMO default driver (sigma 0.5), {args.seeds} seeds")
+    twin = run(f"twin (start-up delay {config.startup_delay_s:g} s, "
+               f"accel {config.car_accel_mps2:g} m/s², sigma 0)", driver_types(config)[CAR])
+    before = run("twin before (no start-up delay, accel 2.6 m/s², sigma 0)",
+                 driver_types(uncalibrated(config))[CAR])
 
     rows = (field, twin, before)
     width = max(len(r.label) for r in rows)

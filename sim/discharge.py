@@ -17,11 +17,17 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from controller.twin import vtype_xml
+from controller.twin import TwinConfig, vtype_xml
+
+
+def uncalibrated(config: TwinConfig) -> TwinConfig:
+    """``config`` with the twin's drivers before calibration: SUMO's default driver
+    without imperfection (no start-up delay, acceleration 2.6 m/s²)."""
+    return replace(config, startup_delay_s=0.0, car_accel_mps2=2.6)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 from _twin_helpers import twin_worker
 
 from controller.twin import BUS, CAR, TwinConfig, driver_types
-from sim.discharge import Discharge, mean_discharge, measure_discharge
+from sim.discharge import Discharge, mean_discharge, measure_discharge, uncalibrated
 from sim.junction import JunctionModel, load_junction
 from sim.twin_config import twin_config_from_model
 
@@ -57,9 +57,7 @@ def test_without_calibration_the_twin_car_is_far_too_fast(
 ) -> None:
     # SUMO's default driver with imperfection off: the twin before.
     before = discharge(
-        driver_types(replace(CFG, startup_delay_s=0.0, car_accel_mps2=2.6))[CAR], "before",
-        tmp_path,
-    )
+        driver_types(uncalibrated(CFG))[CAR], "before", tmp_path)
     assert before.after(45) > 1.18 * field.after(45)
     assert before.rate_veh_h() > 1.15 * field.rate_veh_h()
 
