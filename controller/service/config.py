@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from controller.adaptive import PEDESTRIAN_SLACK_S
+from controller.adaptive import PEDESTRIAN_SLACK_S, AdaptiveConfig
 from controller.errors import ConfigError
 from controller.twin import (
     DEFAULT_CAR_ACCEL_MPS2,
@@ -98,17 +98,20 @@ class MetricsSection:
 
 @dataclass(frozen=True)
 class ControllerSection:
-    """Maps onto ``controller.adaptive.AdaptiveConfig``; ``adaptive = false`` is shadow mode."""
+    """Maps onto ``controller.adaptive.AdaptiveConfig``; ``adaptive = false`` is shadow mode.
+
+    The defaults are the core's own, so a file without a key runs what the benchmarks measured.
+    """
 
     adaptive: bool = True
-    margin: float = 0.05
-    min_gain_s: float = 0.2
+    margin: float = AdaptiveConfig.margin
+    min_gain_s: float = AdaptiveConfig.min_gain_s
     #: ``pedestrian_slack_s`` when ``pedestrian_floor = true`` in the file, else None.
     pedestrian_slack_s: float | None = None
-    lease_cycles: float = 2.5
-    decision_lead_s: int = 12
-    max_state_age_s: float = 5.0
-    program_prefix: str = "atsc"
+    lease_cycles: float = AdaptiveConfig.lease_cycles
+    decision_lead_s: int = AdaptiveConfig.decision_lead_s
+    max_state_age_s: float = AdaptiveConfig.max_state_age_s
+    program_prefix: str = AdaptiveConfig.program_prefix
 
 
 @dataclass(frozen=True)
