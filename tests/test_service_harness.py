@@ -64,7 +64,7 @@ COUNT_EVERY = 20
 
 
 #: ``[controller]`` for tests that need an adaptive plan at the field soon, not the margin's
-#: judgement: with the 5 % margin the scripted traffic sometimes kept the best candidate at
+#: judgement: with a 5 % margin the scripted traffic sometimes kept the best candidate at
 #: 4 % for a whole 20 s wait (a SIGTERM test failed so in CI, nothing wrong with shutdown).
 PUSH_ON_ANY_GAIN = "margin = 0.0"
 
