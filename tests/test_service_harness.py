@@ -372,8 +372,14 @@ class ScriptedField:
                 self.client = None
                 await asyncio.sleep(0.3)
 
-    async def connected(self, n: int = 1, timeout: float = 15.0) -> None:
-        """Wait until the field has made its n-th connection."""
+    async def connected(self, n: int = 1, timeout: float = 45.0) -> None:
+        """Wait until the field has made its n-th connection.
+
+        Generous, as no timing is claimed here: after a broker restart the field's client
+        can need two of aiomqtt's 10 s operation timeouts before it connects again (leaving
+        the dead connection, whose socket asyncio may already have dropped, and a connect
+        attempt that lost its socket the same way; seen once in CI as a 15 s timeout).
+        """
         await async_wait_for(lambda: self.connections >= n and self.client is not None,
                              timeout, f"field connection {n}")
 
