@@ -25,7 +25,7 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -207,16 +207,6 @@ class TwinConfig:
     terminal_s_per_vehicle: float = 0.0
     #: A vehicle slower than this at the horizon's end counts as queued.
     terminal_queued_mps: float = 2.0
-    #: Where a snapshot is scored on at least this many draws (low demand, ``replications``;
-    #: 0: never, 1: always), read each program's accumulated person delay as the mean over
-    #: its last cycle plus half that cycle's growth, instead of at the horizon's last
-    #: second.  The cut-off depends on where that second falls in the program's cycle
-    #: (a car caught at red has not yet waited out its red); at night, where waiting at
-    #: red is most of the delay, that reorders plans.  A cycle's mean cancels the part
-    #: that repeats every cycle, and half its growth moves the read back to the end
-    #: (docs/twin.md, "Phase at the horizon's end"; measured in docs/adaptive.md,
-    #: "Session 16": on at night, neutral to worse at peak demand, so not used there).
-    phase_average_min_draws: int = 2
     #: Turning links that yield to a crossing's pedestrians (held while they walk).
     yields: tuple[TwinYield, ...] = ()
     #: Pockets whose overflow the twin places on the feeding lane as the pocket's turners.
@@ -247,8 +237,6 @@ class TwinConfig:
             raise ValueError("terminal_s_per_vehicle and terminal_queued_mps must be >= 0")
         if self.max_replications < 1 or self.replication_vehicles < 1:
             raise ValueError("max_replications and replication_vehicles must be >= 1")
-        if self.phase_average_min_draws < 0:
-            raise ValueError("phase_average_min_draws must be >= 0 (0: never)")
         if not (self.startup_delay_s >= 0 and self.car_accel_mps2 > 0):
             raise ValueError("startup_delay_s must be >= 0 and car_accel_mps2 above 0")
         if not (math.isfinite(self.pedestrian_weight) and self.pedestrian_weight > 0):
@@ -766,34 +754,6 @@ def timeline(snapshot: TwinSnapshot, program: SignalProgram, horizon_s: int) -> 
     return out
 
 
-def pedestrian_waits(
-    signals: JunctionSignals,
-    snapshot: TwinSnapshot,
-    program: SignalProgram,
-    horizon_s: int,
-) -> Iterator[tuple[str, float, list[float]]]:
-    """Per pedestrian group: its id, arrivals per second, and the wait of one arriving
-    in each horizon second (until the next green second, censored at the horizon end)."""
-    run_states = group_states(signals, snapshot.running)
-    cand_states = group_states(signals, program)
-    seconds = timeline(snapshot, program, horizon_s)
-    green = SignalState.GREEN.value
-    for g in signals.groups:
-        if g.kind is not GroupKind.PEDESTRIAN:
-            continue
-        is_green = [
-            (run_states[g.id][c] if c >= 0 else cand_states[g.id][-1 - c]) == green
-            for c in seconds
-        ]
-        wait = [0.0] * horizon_s
-        nxt: float = float(horizon_s)
-        for s in range(horizon_s - 1, -1, -1):
-            if is_green[s]:
-                nxt = float(s)
-            wait[s] = nxt - s
-        yield g.id, snapshot.pedestrian_flow_per_h.get(g.id, 0.0) / 3600.0, wait
-
-
 def pedestrian_delay(
     signals: JunctionSignals,
     snapshot: TwinSnapshot,
@@ -808,60 +768,32 @@ def pedestrian_delay(
     person waiting from the start.  Simulating persons costs more than the
     whole vehicle twin (docs/twin.md).
     """
+    run_states = group_states(signals, snapshot.running)
+    cand_states = group_states(signals, program)
+    seconds = timeline(snapshot, program, horizon_s)
     total = 0.0
     persons = 0.0
-    for gid, rate, wait in pedestrian_waits(signals, snapshot, program, horizon_s):
+    green = SignalState.GREEN.value
+    for g in signals.groups:
+        if g.kind is not GroupKind.PEDESTRIAN:
+            continue
+        rate = snapshot.pedestrian_flow_per_h.get(g.id, 0.0) / 3600.0
+        is_green = [
+            (run_states[g.id][c] if c >= 0 else cand_states[g.id][-1 - c]) == green
+            for c in seconds
+        ]
+        wait = [0.0] * horizon_s
+        nxt: float = float(horizon_s)
+        for s in range(horizon_s - 1, -1, -1):
+            if is_green[s]:
+                nxt = float(s)
+            wait[s] = nxt - s
         total += rate * sum(wait)
         persons += rate * horizon_s
-        if gid in snapshot.pedestrian_waiting_s:
+        if g.id in snapshot.pedestrian_waiting_s:
             total += wait[0]
             persons += 1.0
     return total, persons
-
-
-def pedestrian_accrued(
-    signals: JunctionSignals,
-    snapshot: TwinSnapshot,
-    program: SignalProgram,
-    horizon_s: int,
-    window_s: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pedestrian delay accrued by each of the horizon's last ``window_s`` + 1 seconds.
-
-    The same pedestrians as ``pedestrian_delay``; by second ``t`` one who arrived at
-    ``s < t`` has waited ``min(wait, t - s)``.  Returns the seconds and the delays.
-    """
-    ends = np.arange(max(0, horizon_s - window_s), horizon_s + 1)
-    accrued = np.zeros(len(ends))
-    arrival = np.arange(horizon_s, dtype=float)
-    for gid, rate, waits in pedestrian_waits(signals, snapshot, program, horizon_s):
-        wait = np.asarray(waits)
-        pending = gid in snapshot.pedestrian_waiting_s
-        for i, t in enumerate(ends):
-            accrued[i] += rate * float(np.minimum(wait[:t], t - arrival[:t]).sum())
-            if pending:
-                accrued[i] += min(wait[0], float(t))
-    return ends.astype(float), accrued
-
-
-def phase_read(ts: np.ndarray, values: np.ndarray, cycle_s: int) -> float:
-    """An accumulated delay at ``ts[-1]``, free of where that second falls in the cycle.
-
-    ``values`` grows like ``a + r t`` plus a part that repeats every cycle.  The mean
-    over the last cycle cancels the repeating part and lands half a cycle early; half
-    the growth over that cycle (``r C / 2``) moves it back to the end.  ``ts`` ascends
-    and starts at or before ``ts[-1] - cycle_s``; values between samples are linear.
-    """
-    end = float(ts[-1])
-    start = end - float(cycle_s)
-    if cycle_s <= 0 or ts[0] > start:
-        return float(values[-1])
-    at_start = float(np.interp(start, ts, values))
-    inside = ts > start
-    grid = np.concatenate(([start], ts[inside]))
-    vals = np.concatenate(([at_start], values[inside]))
-    mean = float(np.sum((vals[1:] + vals[:-1]) * np.diff(grid)) / 2.0) / float(cycle_s)
-    return mean + (float(values[-1]) - at_start) / 2.0
 
 
 # --------------------------------------------------------------------------- worker side
@@ -890,9 +822,6 @@ class _Progress:
     loss: dict[str, float] = field(default_factory=dict)
     departed: int = 0
     pending_s: int = 0
-    #: ``(second, all vehicles' loss incl. the wait to enter, the buses' loss)`` at the
-    #: samples of the final cycle (``TwinConfig.phase_average_min_draws``).
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -1137,14 +1066,10 @@ class _Worker:
         stop: int,
         acc: _Progress,
         schedule: np.ndarray,
-        curve_from: int | None = None,
-        buses: Sequence[str] = (),
     ) -> None:
         """Step horizon seconds ``start`` to ``stop - 1``, accumulating into ``acc``.
 
         ``schedule[k]``: vehicles due to have departed by the end of second ``k``.
-        From second ``curve_from`` on, the accumulated loss is also recorded in
-        ``acc.curve`` every ``loss_sample_s`` seconds counted back from the last.
         """
         s = self.sumo
         tls = self.config.tls_id
@@ -1171,13 +1096,9 @@ class _Worker:
             pending_s += int(schedule[k]) - departed
             # A vehicle leaves at its exit at free speed, so sampling its time loss every
             # few seconds misses next to nothing and saves most of the calls.
-            on_curve = curve_from is not None and k >= curve_from and (last - k) % sample == 0
-            if k % sample == 0 or k == last or on_curve:
+            if k % sample == 0 or k == last:
                 for vid in ids():
                     loss[vid] = get_loss(vid)
-            if on_curve:
-                bus = sum(loss.get(b, 0.0) for b in buses)
-                acc.curve.append((k, sum(loss.values()) + max(0, pending_s), bus))
         acc.departed = departed
         acc.pending_s = pending_s
 
@@ -1196,44 +1117,27 @@ class _Worker:
         car_loss = bus_loss = terminal = 0.0
         occ_car = cfg.occupancy.get(CAR, 1.0)
         occ_bus = cfg.occupancy.get(BUS, 1.0)
-        h = cfg.horizon_s
-        phase = 0 < cfg.phase_average_min_draws <= len(draws)
-        # The final cycle and one sample before it, so that its start can be interpolated.
-        curve_from = h - 1 - program.cycle_s - cfg.loss_sample_s if phase else None
-        phased = 0.0
         for draw in draws:
             s.simulation.loadState(draw.state)
             self._add(draw.later)
             acc = _Progress(dict(draw.prefix.loss), draw.prefix.departed, draw.prefix.pending_s)
-            kinds = draw.kinds
-            bus_ids = [vid for vid, k in kinds.items() if k == BUS]
             self._advance(seconds, run_table, cand_table, start=self.boundary,
-                          stop=h, acc=acc, schedule=draw.schedule,
-                          curve_from=curve_from, buses=bus_ids)
-            n_bus += len(bus_ids)
-            n_car += len(kinds) - len(bus_ids)
+                          stop=cfg.horizon_s, acc=acc, schedule=draw.schedule)
+            kinds = draw.kinds
+            buses = sum(1 for k in kinds.values() if k == BUS)
+            n_bus += buses
+            n_car += len(kinds) - buses
             draw_bus = sum(v for vid, v in acc.loss.items() if kinds.get(vid) == BUS)
             bus_loss += draw_bus
             car_loss += sum(acc.loss.values()) - draw_bus + max(0, acc.pending_s)
             terminal += occ_car * self._terminal_loss(draw.entries)
-            if acc.curve:
-                ks = np.array([c[0] for c in acc.curve], dtype=float)
-                persons_loss = np.array(
-                    [occ_car * (c[1] - c[2]) + occ_bus * c[2] for c in acc.curve]
-                )
-                phased += phase_read(ks + 1.0, persons_loss, program.cycle_s)
         # Pooled: as if the draws were one horizon with their vehicles side by side; the
         # pedestrians (analytic, the same in every draw) count once per draw.
-        ped_once, peds_once = pedestrian_delay(cfg.signals, snapshot, program, h)
+        ped_once, peds_once = pedestrian_delay(cfg.signals, snapshot, program, cfg.horizon_s)
         ped_loss, peds = ped_once * len(draws), peds_once * len(draws)
         w_ped = cfg.pedestrian_weight
         persons = occ_car * n_car + occ_bus * n_bus + w_ped * peds
-        if phase:
-            ts, accrued = pedestrian_accrued(cfg.signals, snapshot, program, h, program.cycle_s)
-            ped_phased = phase_read(ts, accrued, program.cycle_s) * len(draws)
-            person_loss = phased + w_ped * ped_phased + terminal
-        else:
-            person_loss = occ_car * car_loss + occ_bus * bus_loss + w_ped * ped_loss + terminal
+        person_loss = occ_car * car_loss + occ_bus * bus_loss + w_ped * ped_loss + terminal
         n_veh = n_car + n_bus
         return TwinScore(
             program_id=program.id,
