@@ -516,6 +516,31 @@ def test_a_plan_refused_by_the_hardware_is_followed_by_a_renewal() -> None:
     assert loop.hardware.stats.fallbacks == 0
 
 
+
+def test_a_core_that_does_not_know_the_running_program_pushes_nothing_until_the_fallback() -> None:
+    """A restart without the state file: the lease, not the service, ends the old plan."""
+    loop = Loop(make_core())
+    loop.run(300)
+    adaptive = loop.hardware.running
+    assert adaptive is not loop.core.fallback
+    loop.core = make_core()
+    n_before = len(loop.commands)
+    loop.run(600)
+    back = next(t for t, _pid, fb in loop.programs if t > 300 and fb)
+    before_back = [d for d in loop.core.decisions if d.ts < back]
+    failed = [d for d in before_back if d.outcome is Outcome.FAILED]
+    assert failed, before_back
+    for d in failed:
+        assert d.running_id == adaptive.id and "unknown to this service" in d.reason
+    # Every epoch before the fallback either waited for healthy detectors or failed.
+    assert {d.outcome for d in before_back} <= {Outcome.FAILED, Outcome.FALLBACK}
+    assert all(t > back for t, _ in loop.commands[n_before:])
+    # Back on the known fallback, adaptive control resumes.
+    assert loop.core.stats.plans_pushed >= 1
+    assert loop.core.stats.failures == len([d for d in loop.core.decisions
+                                            if d.outcome is Outcome.FAILED])
+
+
 # -- replay: the core's only inputs are the messages ----------------------------------
 
 

@@ -20,13 +20,13 @@ import gc
 import json
 import os
 import types
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _collisions import signal_caused_collisions
 
 from controller.adaptive import AdaptiveConfig, AdaptiveCore, Outcome
 from controller.messages import DetectorReading, HardwareState, PlanAck
@@ -296,39 +296,6 @@ def test_the_core_holds_no_handle_to_the_field(recorded: Recorded) -> None:
 def test_the_twin_runs_in_other_processes_than_the_field(recorded: Recorded) -> None:
     assert recorded.twin_pids
     assert os.getpid() not in recorded.twin_pids
-
-
-# -- collisions ----------------------------------------------------------------------------
-
-
-def signal_caused_collisions(run_dir: Path, model: JunctionModel) -> list[str]:
-    """Collisions not explained by a driver failing to yield where the signals allowed both.
-
-    A vehicle hitting a pedestrian on a crossing while its own signal group
-    is conditionally compatible with a pedestrian group (a turning vehicle
-    that must give way to the crossing it passes, shown as minor green) is the
-    driver model's yielding failure; the conflict monitor already proves
-    conflicting groups never showed non-red together.  Everything else is
-    attributed to the signals.
-    """
-    root = ET.parse(run_dir / "collisions.xml").getroot()
-    trips = {t.get("id"): t for t in ET.parse(run_dir / "tripinfo.xml").getroot()}
-    ped_groups = {g.id for g in model.signals.groups if not g.is_vehicular}
-    out: list[str] = []
-    for c in root.iter("collision"):
-        collider, victim_type = c.get("collider", ""), c.get("victimType", "")
-        trip = trips.get(collider)
-        explained = False
-        if c.get("type") == "crossing" and victim_type == "pedestrian" and trip is not None:
-            src = model.approach_of_edge(trip.get("departLane", "").rsplit("_", 1)[0])
-            dst = model.approach_of_edge(trip.get("arrivalLane", "").rsplit("_", 1)[0])
-            groups = model.groups_for_movement(src, dst, "passenger") if src and dst else ()
-            explained = any(
-                model.signals.conditionally_compatible(g, p) for g in groups for p in ped_groups
-            )
-        if not explained:
-            out.append(f"t={c.get('time')} {collider} -> {c.get('victim')} ({c.get('type')})")
-    return out
 
 
 # -- the oracle ----------------------------------------------------------------------------

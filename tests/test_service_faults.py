@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from test_service_harness import (
     service_config,
     service_online,
     spy_messages,
+    unit_seconds,
     value,
 )
 
@@ -115,13 +115,13 @@ def test_broker_killed_and_restarted_service_reconnects_resubscribes_and_never_r
     assert "lost the broker" in log and "connection 2" in log
 
 
-def test_sigterm_publishes_stopping_and_exits_0_within_5_s_then_sigkill_leaves_offline(
+def test_sigterm_publishes_stopping_and_exits_0_then_sigkill_leaves_offline(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     cfg = service_config(tmp_path / "svc.toml", controller_extra=PUSH_ON_ANY_GAIN)
     statuses: list[str] = []
 
-    async def run_until_online_then(sig: int) -> tuple[ServiceProcess, float, ScriptedField]:
+    async def run_until_online_then(sig: int) -> tuple[ServiceProcess, ScriptedField]:
         with running_service(cfg, broker.port, tmp_path / f"svc-{sig}.log") as svc:
             payloads: list[bytes] = []
             ready, stop = asyncio.Event(), asyncio.Event()
@@ -132,10 +132,9 @@ def test_sigterm_publishes_stopping_and_exits_0_within_5_s_then_sigkill_leaves_o
                 await service_online(svc, fld)
                 await async_wait_for(lambda: fld.program is not fld.fallback, 20,
                                      "an adaptive plan running at the junction")
-                started = time.monotonic()
                 svc.signal(sig)
-                code = await asyncio.to_thread(svc.wait, 10)
-                elapsed = time.monotonic() - started
+                # Past TimeoutStopSec systemd would SIGKILL it before the hand-back.
+                code = await asyncio.to_thread(svc.wait, unit_seconds("TimeoutStopSec"))
                 await asyncio.sleep(1.0)
                 statuses.extend(json.loads(p)["state"] for p in payloads)
                 stop.set()
@@ -146,10 +145,9 @@ def test_sigterm_publishes_stopping_and_exits_0_within_5_s_then_sigkill_leaves_o
                     assert fld.program is fld.fallback
                 else:
                     assert code == -signal.SIGKILL
-            return svc, elapsed, fld
+            return svc, fld
 
-    svc, elapsed, _ = asyncio.run(run_until_online_then(signal.SIGTERM))
-    assert elapsed < 5.0, svc.log()
+    svc, _ = asyncio.run(run_until_online_then(signal.SIGTERM))
     assert statuses[-1] == "stopping", statuses
     assert "online" in statuses
     assert asyncio.run(retained_status(broker)) == "stopping"

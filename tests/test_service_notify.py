@@ -23,6 +23,7 @@ from test_service_harness import (
     running_service,
     scrape,
     service_config,
+    unit_seconds,
     value,
 )
 
@@ -68,8 +69,10 @@ def test_ready_only_after_healthy_inputs_watchdog_pings_and_stopping_on_sigterm(
                     await fld.burst()
                     await async_wait_for(lambda: bool(manager.with_key("READY")), 15, "READY=1")
                     pings_before = len(manager.with_key("WATCHDOG"))
-                    await asyncio.sleep(2.5)
-                    assert len(manager.with_key("WATCHDOG")) >= pings_before + 2
+                    # Pings go on once ready, two within WatchdogSec (a rate is not claimed).
+                    await async_wait_for(
+                        lambda: len(manager.with_key("WATCHDOG")) >= pings_before + 2,
+                        unit_seconds("WatchdogSec"), "watchdog pings after READY")
                 return healthy_from
 
             healthy_from = asyncio.run(scenario())

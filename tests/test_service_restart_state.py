@@ -347,14 +347,13 @@ def test_restarted_service_renews_or_replaces_the_program_its_predecessor_pushed
         fld = LeaseHoldingField(broker)
         async with field_running(fld):
             pushed = await _push_then_kill(cfg, broker, fld, state, tmp_path / "first.log")
-            n_plans, last_seq, lease_end = len(fld.log.plans), fld.last_seq, fld.lease_until
+            n_plans, last_seq = len(fld.log.plans), fld.last_seq
             since_kill = len(fld.ran)
             with running_service(cfg, broker.port, tmp_path / "second.log",
                                  env={"STATE_DIRECTORY": str(state)}) as svc:
                 await service_online(svc, fld)
                 await async_wait_for(lambda: len(fld.log.plans) > n_plans, 30,
                                      "a plan from the restarted service")
-                assert time.time() < lease_end, "the plan came after the lease lapsed"
                 seq, program_id = fld.log.plans[n_plans]
                 assert seq > last_seq and fld.last_seq >= seq, "the field refused the plan"
                 # Up to that plan the junction ran the predecessor's program: no fallback.
@@ -408,9 +407,10 @@ def test_control_without_the_state_file_the_running_program_is_unknown_and_never
     pushed, log = asyncio.run(scenario())
     assert f"hardware runs program {pushed!r}, {UNKNOWN}" in log
     assert "known again from before the restart" not in log
-    # Any epoch that did start failed on the unknown program (the core's account).
-    for d in _decisions(log):
-        assert "outcome=failed" in d and f"hardware runs {pushed!r}, {UNKNOWN}" in d, d
+    # Whether an epoch falls into the wait depends on the unknown program's cycle (the
+    # service can only guess its switch points from the fallback's); what such an epoch
+    # does, fail on the unknown program until the lease lapses, is the core's test
+    # (test_adaptive_core: a core that does not know the running program).
 
 
 @pytest.mark.mosquitto
