@@ -28,7 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from controller.messages import DetectorInfo, DetectorKind, DetectorReading, HardwareState
+from controller.messages import (
+    DetectorInfo,
+    DetectorKind,
+    DetectorReading,
+    HardwareState,
+    is_news,
+)
 from controller.signals import SignalState
 
 
@@ -548,12 +554,10 @@ class Estimator:
         det = self._dets.get(reading.detector_id)
         if det is None:
             return
-        if det.last_seq is not None and reading.seq <= det.last_seq:
+        if not is_news(reading, det.last_seq, det.last_ts):
             return
         ts = reading.ts
         prev_ts = det.last_ts
-        if prev_ts is not None and ts < prev_ts:
-            return
         det.last_seq = reading.seq
         det.last_ts = ts
         kind = det.info.kind

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-from controller.messages import DetectorInfo, DetectorKind, DetectorReading
+from controller.messages import DetectorInfo, DetectorKind, DetectorReading, is_news
 
 #: Kinds that count vehicles with an induction loop (Induktionsschleife).
 _LOOP_KINDS = frozenset({DetectorKind.STOP_LINE, DetectorKind.UPSTREAM})
@@ -213,9 +213,7 @@ class HealthMonitor:
         rec = self._records.get(reading.detector_id)
         if rec is None:
             return []
-        if rec.last_seq is not None and reading.seq <= rec.last_seq:
-            return []
-        if rec.last_ts is not None and reading.ts < rec.last_ts:
+        if not is_news(reading, rec.last_seq, rec.last_ts):
             return []
         cfg = self.config
         info = rec.info

@@ -66,6 +66,22 @@ class DetectorReading:
     pressed: bool | None = None
 
 
+
+def is_news(reading: DetectorReading, last_seq: int | None, last_ts: float | None) -> bool:
+    """Whether ``reading`` comes after the detector's last reading taken (``None``: none yet).
+
+    Source time orders a detector's readings; the sequence number only orders readings
+    with the same timestamp and unmasks a copy (QoS 1 redelivers).  A lower ``seq`` with
+    a newer ``ts`` is a detector whose counter began again after a restart: news.  Which
+    restarts and gaps are believable is the ingest gate's call
+    (``controller.wire.ReadingGate``); health and the estimator must not undo it, or a
+    restarted detector would stay stale until its new counter passed the old one.
+    """
+    if last_ts is None or reading.ts != last_ts:
+        return last_ts is None or reading.ts > last_ts
+    return last_seq is None or reading.seq > last_seq
+
+
 @dataclass(frozen=True, slots=True)
 class PlanCommand:
     """A validated signal program pushed to the hardware with a lease (topic ``plan``).

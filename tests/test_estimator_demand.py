@@ -11,7 +11,13 @@ from controller.estimator import (
     hcm_delay_s,
     turn_factor,
 )
-from controller.messages import DetectorInfo, DetectorKind, DetectorReading, HardwareState
+from controller.messages import (
+    DetectorInfo,
+    DetectorKind,
+    DetectorReading,
+    HardwareState,
+    is_news,
+)
 
 DETS = [
     DetectorInfo("up", DetectorKind.UPSTREAM, "W", ("W_0",), ("v1",), 120.0),
@@ -129,3 +135,26 @@ def test_estimator_queue_zone_over_consecutive_lanes_is_one_lane_wide() -> None:
     single = queued(("N_app_2",))
     assert single > 0
     assert queued(("N_in_2", "N_app_2")) == pytest.approx(single)
+
+
+def test_estimator_takes_the_readings_of_a_detector_that_restarted_its_counter() -> None:
+    """The ingest gate admits a restart (seq from 1 again, newer ts); so must the estimator."""
+
+    def run(restart_at: int | None) -> float:
+        est = Estimator(DETS)
+        for t in range(0, 1200):
+            seq = t + 1 if restart_at is None or t < restart_at else t - restart_at + 1
+            c = 1 if t % 4 == 0 else 0
+            est.observe(DetectorReading("up", float(t), seq, c, 0.3 * c))
+            est.observe(DetectorReading("sl", float(t), seq, c, 0.3 * c))
+            est.observe_signals(float(t), {"v1": True, "p1": False})
+        return est.estimate(1200.0).groups["v1"].flow_veh_h
+
+    steady = run(None)
+    assert steady > 0
+    assert run(restart_at=900) == pytest.approx(steady)
+    # Source time orders readings: an older one, or a copy, is still not news.
+    assert not is_news(DetectorReading("up", 10.0, 7, 1), 7, 10.0)
+    assert not is_news(DetectorReading("up", 9.0, 8, 1), 7, 10.0)
+    assert is_news(DetectorReading("up", 11.0, 1, 1), 7, 10.0)
+    assert is_news(DetectorReading("up", 10.0, 8, 1), 7, 10.0)

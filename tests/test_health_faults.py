@@ -231,3 +231,13 @@ def test_health_a_loop_dead_from_the_start_is_still_found() -> None:
     _hour(feed, 0.0, 1800, {"a": 10, "b": 10, "c": 0})
     assert feed.monitor.status("c") is Fault.DEAD
     assert feed.monitor.status("a") is None and feed.monitor.status("b") is None
+
+
+def test_health_a_detector_that_restarted_its_counter_stays_healthy() -> None:
+    """The ingest gate admits a restart (seq from 1 again, newer ts); health must not drop it."""
+    feed = healthy_monitor(loop("d"))
+    t = feed.normal("d", float(N + 2), 600)
+    feed.seq["d"] = 0  # the detector restarted: its counter begins again
+    feed.normal("d", t, 60)
+    assert feed.monitor.status("d") is None
+    assert feed.events == []
