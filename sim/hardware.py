@@ -84,6 +84,8 @@ class SignalController:
         if set(program.greens) != set(self.junction.group_ids):
             return self._reject(cmd, "program does not cover exactly this junction's groups", now)
         lease_until = cmd.issued + cmd.lease_s
+        # A renewal is of the plan that will run next; a new plan replaces any pending one
+        # and takes over from the running one, so that is the switch to check.
         current = self._pending[0] if self._pending else self._running
         if program.id == current.id and program == current:
             # Lease renewal: same program, later lease.
@@ -95,7 +97,7 @@ class SignalController:
             return self._ack(cmd, AckStatus.ACCEPTED, "lease renewed", now)
         for label, faults in (
             ("program", check_program(self.junction, program)),
-            ("switch from running program", check_switch(self.junction, current, program)),
+            ("switch from running program", check_switch(self.junction, self._running, program)),
             ("switch back to fallback", check_switch(self.junction, program, self.fallback)),
         ):
             if faults:
