@@ -65,6 +65,9 @@ class Metrics:
             "messages_received_total", "Messages received, before validation.", ("kind",))
         self.messages_rejected_total = counter(
             "messages_rejected_total", "Messages dropped by validation, by reason.", ("reason",))
+        self.messages_dropped_total = counter(
+            "messages_dropped_total",
+            "Admitted messages dropped because the inbound buffer was full.")
         self.ingest_latency_seconds = histogram(
             "ingest_latency_seconds",
             "Arrival of an admitted reading to its hand-over to the estimator.",

@@ -32,6 +32,7 @@ CONTRACT = {
     "atsc_twin_evaluation_duration_seconds", "atsc_ingest_latency_seconds",
     "atsc_lease_remaining_seconds", "atsc_fallback_active", "atsc_adaptive_active",
     "atsc_mqtt_connected", "atsc_mqtt_reconnects_total", "atsc_cycle_seconds",
+    "atsc_messages_dropped_total",
     "atsc_last_plan_push_timestamp_seconds",
 }
 

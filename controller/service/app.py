@@ -455,7 +455,7 @@ class Service:
         self.transport = MqttTransport(
             cfg.mqtt, cfg.junction.name, self.gate, self.metrics, version=self.version,
             max_age_s=d.max_age_s, max_future_s=d.max_future_s, clock=clock,
-            on_published=self._on_published,
+            on_published=self._on_published, signal_groups=len(model.signals.group_ids),
         )
         self._core_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="atsc-core")
@@ -632,7 +632,9 @@ class Service:
             delta = n - self._rule_counts.get(rule, 0)
             if delta > 0:
                 m.plans_rejected_total.labels(rule=rule).inc(delta)
-        self._rule_counts = rejected_by_rule
+        # Snapshots from the control loop and from a finished evaluation may be applied out
+        # of order; the counts only grow, so keeping the larger never counts one twice.
+        self._rule_counts = self._rule_counts | rejected_by_rule
         for d in decisions:
             self._record_decision(d)
 

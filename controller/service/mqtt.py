@@ -39,7 +39,7 @@ from typing import Final
 
 import aiomqtt
 
-from controller.messages import PlanCommand
+from controller.messages import HardwareState, PlanCommand
 from controller.metrics import Metrics
 from controller.service.config import MqttSection
 from controller.transport import Inbound
@@ -136,8 +136,14 @@ class MqttTransport:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_published: Callable[[PlanCommand], None] | None = None,
+        max_buffered: int = MAX_BUFFERED,
+        signal_groups: int | None = None,
     ) -> None:
         self.settings = settings
+        self.max_buffered = max_buffered
+        #: Signal groups of the junction: a state with another number of characters is
+        #: from another junction or a broken encoder, not something to decide on.
+        self.signal_groups = signal_groups
         self.junction = junction
         self.gate = gate
         self.metrics = metrics
@@ -175,6 +181,7 @@ class MqttTransport:
         """Every admitted message since the last call, with its arrival time."""
         out = list(self._inbox)
         self._inbox.clear()
+        self._overflow_logged = False
         self._inbound.clear()
         return out
 
@@ -365,6 +372,11 @@ class MqttTransport:
         if topic == self.topic_state:
             m.messages_received_total.labels(kind="state").inc()
             result = self._timed(decode_state(payload, topic=topic), now, topic)
+            if (isinstance(result, HardwareState) and self.signal_groups is not None
+                    and len(result.signal_states) != self.signal_groups):
+                result = Rejected(RejectReason.SCHEMA,
+                                  f"{len(result.signal_states)} signal states for "
+                                  f"{self.signal_groups} signal groups", topic)
         elif topic == self.topic_ack:
             m.messages_received_total.labels(kind="plan_ack").inc()
             result = self._timed(decode_ack(payload, topic=topic), now, topic)
@@ -375,12 +387,14 @@ class MqttTransport:
             m.messages_rejected_total.labels(reason=result.reason.value).inc()
             self._log_reject(result, now)
             return
-        if len(self._inbox) >= MAX_BUFFERED:
+        if len(self._inbox) >= self.max_buffered:
+            # Once per episode (re-armed by the next drain), but every drop is counted.
             if not self._overflow_logged:
                 self._overflow_logged = True
                 log.error("inbound buffer full (%d): the control loop is not draining; "
-                          "dropping the oldest messages", MAX_BUFFERED)
+                          "dropping the oldest messages", self.max_buffered)
             self._inbox.popleft()
+            m.messages_dropped_total.inc()
         self._inbox.append(Arrival(result, arrived, now))
         self._inbound.set()
 
