@@ -178,11 +178,9 @@ class DetectorPerception:
         self.estimator = Estimator(
             self.detectors, lanes_per_group, estimator, turns, pockets=pockets)
         self.snapshots = snapshots
-        self.fault_transitions = 0
 
     def on_reading(self, reading: DetectorReading, now: float) -> None:
-        events = self.monitor.observe(reading, now)
-        self.fault_transitions += sum(1 for e in events if e.new is not None)
+        self.monitor.observe(reading, now)
         self.estimator.observe(reading)
         self.snapshots.observe(reading)
 
@@ -191,8 +189,7 @@ class DetectorPerception:
         self.snapshots.observe_state(state)
 
     def tick(self, now: float) -> None:
-        events = self.monitor.tick(now)
-        self.fault_transitions += sum(1 for e in events if e.new is not None)
+        self.monitor.tick(now)
 
     def degradation(self) -> Degradation:
         return assess(self.detectors, self.monitor.faulty(), self.monitor.config)

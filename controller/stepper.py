@@ -36,16 +36,6 @@ class StageStepper:
         self._early_ends: dict[str, int] = {}
         self._trans_elapsed = 0
 
-    @property
-    def in_transition(self) -> bool:
-        return self._transition is not None
-
-    @property
-    def target_stage(self) -> str:
-        if self._closing is not None:
-            return self._closing[0]
-        return self._transition.to_stage if self._transition else self.stage
-
     def can_switch(self) -> bool:
         """True when no transition runs and the stage could end towards some stage now."""
         if self._transition is not None or self._closing is not None:

@@ -210,7 +210,6 @@ def test_fallback_from_a_program_file(tmp_path: Path) -> None:
 
 @pytest.mark.sumo
 def test_the_service_twin_ranks_with_the_configured_pedestrian_weight(tmp_path: Path) -> None:
-    from controller.metrics import Metrics
     from controller.service.app import build_parts, load_fallback
     from controller.twin import SumoTwin
     from sim.junction import load_junction
@@ -218,7 +217,7 @@ def test_the_service_twin_ranks_with_the_configured_pedestrian_weight(tmp_path: 
     cfg = load_config(_edit(tmp_path, 'evaluator = "analytic"', 'evaluator = "sumo"\n'
                             "pedestrian_weight = 3\nstartup_delay_s = 0.9"))
     model = load_junction(cfg.junction.path)
-    parts = build_parts(cfg, model, load_fallback(cfg, model.signals), Metrics(), 1)
+    parts = build_parts(cfg, model, load_fallback(cfg, model.signals), 1)
     try:
         assert isinstance(parts.evaluator, SumoTwin)
         assert parts.evaluator.config.pedestrian_weight == 3.0

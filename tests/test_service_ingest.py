@@ -16,6 +16,7 @@ from test_service_harness import (
     JUNCTION,
     async_wait_for,
     metrics_up,
+    model,
     running_service,
     scrape,
     service_config,
@@ -28,6 +29,7 @@ from controller.wire import RejectReason, TopicKind, encode_reading, topic_for
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 
 DET = "N1_sl"
+GROUPS = len(model().signals.group_ids)
 
 
 @pytest.fixture
@@ -155,23 +157,29 @@ def test_bad_state_and_ack_messages_are_rejected_and_a_valid_state_still_counts(
                 old = HardwareState(ts=now - 300, program_id="x", fallback=True,
                                     cycle_second=0, signal_states="rr")
                 await client.publish(state_topic, encode_state(old), qos=1)
-                ok = HardwareState(ts=now, program_id="fallback-test", fallback=True,
-                                   cycle_second=3, signal_states="rrGG")
+                narrow = HardwareState(ts=now, program_id="fallback-test", fallback=True,
+                                       cycle_second=3, signal_states="rrGG")
+                await client.publish(state_topic, encode_state(narrow), qos=1)
+                # One character per signal group; not in fallback, so it shows in the gauge.
+                ok = HardwareState(ts=now, program_id="p-elsewhere", fallback=False,
+                                   cycle_second=3, signal_states="r" * GROUPS)
                 await client.publish(state_topic, encode_state(ok), qos=1)
                 ack = PlanAck("p", 5, AckStatus.REJECTED, "nope", now)
                 await client.publish(ack_topic, encode_ack(ack), qos=1)
 
             def counted() -> bool:
                 s = scrape(port)
-                return (value(s, "atsc_messages_received_total", kind="state") == 3
+                return (value(s, "atsc_messages_received_total", kind="state") == 4
                         and value(s, "atsc_plan_acks_total", status="rejected") == 1)
 
             await async_wait_for(counted, 20, "state and ack messages counted")
             s = scrape(port)
             assert value(s, "atsc_messages_received_total", kind="plan_ack") == 2
-            assert value(s, "atsc_messages_rejected_total", reason="schema") == 2
+            # "[]", the ack without program_id, the state of the wrong width.
+            assert value(s, "atsc_messages_rejected_total", reason="schema") == 3
             assert value(s, "atsc_messages_rejected_total", reason="stale_timestamp") == 1
-            assert value(s, "atsc_fallback_active") == 1
+            await async_wait_for(lambda: value(scrape(port), "atsc_fallback_active") == 0, 10,
+                                 "the valid state taken")
 
         asyncio.run(scenario())
         assert svc.alive(), svc.log()

@@ -232,7 +232,7 @@ class Parts:
     worker_pids: Callable[[], tuple[int, ...]] = tuple
 
 
-def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram, metrics: Metrics,
+def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
                 first_seq: int) -> Parts:
     """Perception, optimiser and evaluator as ``sim.adaptive_driver`` wires them, for MQTT."""
     from controller.optimiser import capacity_check, propose
@@ -399,7 +399,6 @@ class Ingested:
     states: list[HardwareState] = field(default_factory=list)
     acks: list[PlanAck] = field(default_factory=list)
     newest_ts: dict[str, float] = field(default_factory=dict)
-    readings: int = 0
 
 
 @dataclass
@@ -443,7 +442,7 @@ class Service:
             self.metrics.detector_data_age_seconds.labels(detector=det).set(math.inf)
         self.metrics.fallback_active.set(1)
         self.state_dir = state_directory()
-        self.parts = build_parts(cfg, model, fallback, self.metrics,
+        self.parts = build_parts(cfg, model, fallback,
                                  first_seq(self.state_dir, clock()))
         self.core = self.parts.core
         d = cfg.detectors
@@ -558,7 +557,6 @@ class Service:
             msg = a.message
             if isinstance(msg, DetectorReading):
                 hist.observe(max(0.0, handed - a.arrived))
-                out.readings += 1
                 prev = out.newest_ts.get(msg.detector_id, msg.ts)
                 out.newest_ts[msg.detector_id] = max(msg.ts, prev)
             elif isinstance(msg, HardwareState):

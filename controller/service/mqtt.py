@@ -171,7 +171,6 @@ class MqttTransport:
         self._closing = False
         self._overflow_logged = False
         self._log_reject = _RejectLog()
-        self.connected_event = asyncio.Event()
 
     # -- Transport protocol (called on the event loop thread) ---------------------------
     def receive(self) -> list[Inbound]:
@@ -203,10 +202,6 @@ class MqttTransport:
     @property
     def connected(self) -> bool:
         return self._client is not None
-
-    @property
-    def last_attempted_seq(self) -> int | None:
-        return self._last_attempted_seq
 
     def set_status(self, state: ServiceState) -> None:
         """The retained service status to hold (re-published after every reconnect)."""
@@ -255,7 +250,6 @@ class MqttTransport:
                 log.error("TLS error with the broker: %s", exc)
             finally:
                 self._client = None
-                self.connected_event.clear()
                 self.metrics.mqtt_connected.set(0)
             delay = backoff_delay(attempt, self.settings.reconnect_min_s,
                                   self.settings.reconnect_max_s, self._rng)
@@ -269,7 +263,6 @@ class MqttTransport:
         if self._connections > 1:
             self.metrics.mqtt_reconnects_total.inc()
         self.metrics.mqtt_connected.set(1)
-        self.connected_event.set()
         log.info("connected to the broker %s:%d as %s (connection %d), subscribed",
                  self.settings.host, self.settings.port, self.settings.client_id,
                  self._connections)
