@@ -27,6 +27,7 @@ import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -1275,20 +1276,39 @@ class SumoTwin:
         self.workers = workers
         self._scratch = tempfile.mkdtemp(prefix="atsc-twin-")
         (Path(self._scratch) / "workers").write_text(str(workers))
-        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
-            max_workers=workers,
+        #: Pools started after a worker died (``submit`` replaces a broken pool).
+        self.restarts = 0
+        self._pool: ProcessPoolExecutor | None = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
             mp_context=get_context("spawn"),
             initializer=_init_worker,
-            initargs=(config, self._scratch),
+            initargs=(self.config, self._scratch),
         )
 
     def submit(
         self, snapshot: TwinSnapshot, programs: Sequence[SignalProgram]
     ) -> list[Future[TwinScore]]:
-        """One future per program (``asyncio.wrap_future`` makes them awaitable)."""
+        """One future per program (``asyncio.wrap_future`` makes them awaitable).
+
+        A worker that died (killed, out of memory, a crash in SUMO) breaks the whole pool:
+        its pending futures fail, and so would every later submission.  The decision that
+        was waiting fails; the next submission starts a fresh pool, so one lost worker costs
+        one decision, not adaptive control until the service restarts.
+        """
         if self._pool is None:
             raise RuntimeError("twin is closed")
-        return [self._pool.submit(_score_task, snapshot, p) for p in programs]
+        try:
+            return [self._pool.submit(_score_task, snapshot, p) for p in programs]
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for stale in Path(self._scratch).glob("worker-*"):
+                stale.unlink(missing_ok=True)  # those pids are gone; never signal them
+            self._pool = self._new_pool()
+            self.restarts += 1
+            return [self._pool.submit(_score_task, snapshot, p) for p in programs]
 
     def evaluate(
         self,

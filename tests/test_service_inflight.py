@@ -162,3 +162,30 @@ def test_readings_reach_the_estimator_while_an_evaluation_is_in_flight(
         gate.set()
         gated.pool.shutdown(wait=True, cancel_futures=True)
         manager.shutdown()
+
+
+@pytest.mark.sumo
+def test_twin_workers_that_cannot_start_stop_the_service_with_exit_1(
+    broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A twin whose workers die at start-up (here: its network is missing) would leave an
+    'online' service that never adapts; it stops instead, for systemd to restart or show."""
+    from dataclasses import replace
+
+    from controller.twin import SumoTwin
+    from sim.twin_config import twin_config_from_model
+
+    cfg = load_config(service_config(tmp_path / "svc.toml")).with_overrides(
+        broker=f"127.0.0.1:{broker.port}")
+    junction = model()
+    service = Service(cfg, junction, load_fallback(cfg, junction.signals))
+    missing = replace(twin_config_from_model(junction, horizon_s=300),
+                      net_file=str(tmp_path / "missing.net.xml"))
+    broken = SumoTwin(missing, workers=1)
+    service.parts = replace(service.parts, warm_up=broken.warm_up, close=broken.close)
+
+    async def serve() -> int:
+        return await asyncio.wait_for(service.run(asyncio.Event()), 120)
+
+    assert asyncio.run(serve()) == 1
+    assert "the twin's worker processes failed to start" in caplog.text

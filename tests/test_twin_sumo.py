@@ -4,7 +4,9 @@ and the fast twin ranking plans like the detailed reference twin."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
@@ -202,3 +204,25 @@ def test_pedestrian_weight_moves_person_delay_towards_the_pedestrians(twin: Sumo
 def test_pedestrian_weight_must_be_a_positive_number(weight: float) -> None:
     with pytest.raises(ValueError, match="pedestrian_weight"):
         replace(CFG, pedestrian_weight=weight)
+
+
+def test_a_worker_that_dies_costs_one_evaluation_then_a_fresh_pool_scores() -> None:
+    snap = queued_snapshot()
+    with SumoTwin(CFG, workers=1) as t:
+        first = t.evaluate(snap, [RUNNING])
+        (pid,) = t.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        # Whether the pool notices the death before or during the next evaluation is a
+        # race; either way at most that one evaluation fails.
+        failed = 0
+        while True:
+            try:
+                again = t.evaluate(snap, [RUNNING])
+                break
+            except BrokenProcessPool:
+                failed += 1
+                assert failed == 1
+        assert t.restarts == 1
+        assert _same(first[0], again[0])
+        (new_pid,) = t.worker_pids()
+        assert new_pid != pid

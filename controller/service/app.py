@@ -886,13 +886,25 @@ class Service:
                  self.fallback.id, self.cfg.twin.evaluator,
                  "on" if self.cfg.controller.adaptive else "off")
         warm = loop.run_in_executor(None, self._warm_up)
+        warm_failed: list[BaseException] = []
+
+        def warm_done(f: asyncio.Future[None]) -> None:
+            # Without its workers no decision can be scored: an online service that never
+            # adapts would mislead the operator; exit so systemd restarts it (or shows why).
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:
+                warm_failed.append(exc)
+                log.error("the twin's worker processes failed to start: %r; stopping", exc)
+                stop.set()
+
+        warm.add_done_callback(warm_done)
         mqtt_task = asyncio.create_task(self.transport.run(), name="atsc-mqtt")
         control = asyncio.create_task(self.control_loop(), name="atsc-control")
         ingest = asyncio.create_task(self.ingest_loop(), name="atsc-ingest")
         stop_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({mqtt_task, control, ingest, stop_wait},
                                      return_when=asyncio.FIRST_COMPLETED)
-        code = 0
+        code = 1 if warm_failed else 0
         for t in (mqtt_task, control, ingest):
             if t in done and not t.cancelled() and t.exception() is not None:
                 log.error("service task %s failed", t.get_name(), exc_info=t.exception())
