@@ -1038,6 +1038,17 @@ def _req(table: Mapping[str, Any], key: str, typ: type, path: Path, where: str) 
     return value
 
 
+def _number(table: Mapping[str, Any], key: str, default: float, path: Path, where: str, *,
+            integer: bool = True) -> Any:
+    """An optional number of junction.toml; ``ConfigError`` naming it for anything else."""
+    value = table.get(key, default)
+    ok = isinstance(value, int) or (not integer and isinstance(value, float))
+    if isinstance(value, bool) or not ok:
+        what = "a whole number" if integer else "a number"
+        raise ConfigError(f"{where}: {key!r} must be {what}, not {value!r}", path)
+    return value
+
+
 def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionModel:
     """Load ``<root>/<name>/junction.toml`` (or a directory holding one) against its network."""
     directory = Path(name_or_dir)
@@ -1053,13 +1064,14 @@ def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionMo
     for f in additional:
         if not f.is_file():
             raise ConfigError(f"additional file {f.name} does not exist", cfg_path)
-    walking = float(cfg.get("walking_speed_mps", DEFAULT_WALKING_SPEED_MPS))
+    walking = float(_number(cfg, "walking_speed_mps", DEFAULT_WALKING_SPEED_MPS, cfg_path,
+                            "top level", integer=False))
     if not WALKING_SPEED_RANGE[0] <= walking <= WALKING_SPEED_RANGE[1]:
         raise ConfigError(
             f"walking_speed_mps {walking} outside {WALKING_SPEED_RANGE[0]}-"
             f"{WALKING_SPEED_RANGE[1]} m/s", cfg_path
         )
-    max_cycle = int(cfg.get("max_cycle_s", 90))
+    max_cycle = int(_number(cfg, "max_cycle_s", 90, cfg_path, "top level"))
     links = _links(net, tls_id)
 
     approaches: list[Approach] = []
@@ -1070,7 +1082,7 @@ def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionMo
             name=str(a.get("name", "")),
             in_edges=tuple(_req(a, "in_edges", list, cfg_path, where)),
             out_edges=tuple(_req(a, "out_edges", list, cfg_path, where)),
-            speed_kmh=int(a.get("speed_kmh", 50)),
+            speed_kmh=int(_number(a, "speed_kmh", 50, cfg_path, where)),
             main=bool(a.get("main", True)),
         )
         for e in app.in_edges + app.out_edges:
@@ -1094,9 +1106,10 @@ def load_junction(name_or_dir: str | Path, root: Path = SCENARIOS) -> JunctionMo
         if app_id is not None and app_id not in app_by_id:
             raise ConfigError(f"{where}: unknown approach {app_id!r}", cfg_path)
         sel = _select_links(g, links, where, cfg_path)
-        overrides = {k: g[k] for k in ("min_green_s", "yellow_s", "red_yellow_s") if k in g}
+        overrides = {k: _number(g, k, 0, cfg_path, where)
+                     for k in ("min_green_s", "yellow_s", "red_yellow_s") if k in g}
         if gid in min_green_over:
-            overrides["min_green_s"] = min_green_over[gid]
+            overrides["min_green_s"] = _number(min_green_over, gid, 0, cfg_path, "[min_green]")
         grp = _make_group(
             gid, kind=kind, approach=app_by_id.get(app_id) if app_id else None, links=sel,
             label=str(g.get("label", "")), net=net, link_infos=links, walking_speed=walking,

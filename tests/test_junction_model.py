@@ -222,6 +222,13 @@ def test_bad_junction_toml(tmp_path: Path) -> None:
     toml.write_text(text.replace("walking_speed_mps = 1.2", "walking_speed_mps = 2.0"))
     with pytest.raises(ConfigError, match="walking_speed"):
         load_junction(d)
+    # A number written as text is named, with where it stands (was: a ValueError traceback).
+    toml.write_text(text.replace("max_cycle_s = 120", 'max_cycle_s = "120 s"'))
+    with pytest.raises(ConfigError, match=r"top level: 'max_cycle_s' must be a whole number"):
+        load_junction(d)
+    toml.write_text(text.replace("speed_kmh = 50", 'speed_kmh = "50"', 1))
+    with pytest.raises(ConfigError, match=r"approaches\[0\]: 'speed_kmh'"):
+        load_junction(d)
     toml.write_text(text + "\n[[[", encoding="utf-8")
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_junction(d)

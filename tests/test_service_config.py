@@ -10,6 +10,7 @@ from test_service_harness import ATSC, JUNCTION_DIR, service_config
 
 from controller.errors import ConfigError
 from controller.service.config import EXAMPLE_CONFIG, load_config
+from controller.service.mqtt import tls_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,6 +104,10 @@ def test_credentials_resolve_in_the_credentials_directory(
     cfg = load_config(path)
     assert cfg.mqtt.password() == "s3cret"
     assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca_file == creds / "mqtt-ca.crt"
+    # A CA file that is no certificate stops start-up naming the section (no retry loop
+    # blaming the broker).
+    with pytest.raises(ConfigError, match=r"\[mqtt.tls\] cannot use ca_file"):
+        tls_context(cfg.mqtt)
     # A credential the unit does not load is named, with the fix.
     (creds / "mqtt-ca.crt").unlink()
     with pytest.raises(ConfigError, match=r"\[mqtt.tls\] ca_credential: credential 'mqtt-ca.crt'"):

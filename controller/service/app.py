@@ -442,20 +442,25 @@ class Service:
             self.metrics.detector_data_age_seconds.labels(detector=det).set(math.inf)
         self.metrics.fallback_active.set(1)
         self.state_dir = state_directory()
-        self.parts = build_parts(cfg, model, fallback,
-                                 first_seq(self.state_dir, clock()))
-        self.core = self.parts.core
+        # Everything that can refuse the configuration comes before the twin, which holds
+        # a scratch directory and worker processes once built.
         d = cfg.detectors
-        self.gate = ReadingGate(
-            {info.id: info for info in model.detectors}, cfg.junction.name,
-            max_payload_bytes=d.max_payload_bytes, max_future_s=d.max_future_s,
-            max_age_s=d.max_age_s, restart_max_seq=d.restart_max_seq,
-        )
+        try:
+            self.gate = ReadingGate(
+                {info.id: info for info in model.detectors}, cfg.junction.name,
+                max_payload_bytes=d.max_payload_bytes, max_future_s=d.max_future_s,
+                max_age_s=d.max_age_s, restart_max_seq=d.restart_max_seq,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source}: junction {cfg.junction.path}: {exc}") from exc
         self.transport = MqttTransport(
             cfg.mqtt, cfg.junction.name, self.gate, self.metrics, version=self.version,
             max_age_s=d.max_age_s, max_future_s=d.max_future_s, clock=clock,
             on_published=self._on_published, signal_groups=len(model.signals.group_ids),
         )
+        self.parts = build_parts(cfg, model, fallback,
+                                 first_seq(self.state_dir, clock()))
+        self.core = self.parts.core
         self._core_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="atsc-core")
         self.scorer = Scorer(self.parts.evaluator, self.metrics.twin_evaluation_duration_seconds,

@@ -39,6 +39,7 @@ from typing import Final
 
 import aiomqtt
 
+from controller.errors import ConfigError
 from controller.messages import HardwareState, PlanCommand
 from controller.metrics import Metrics
 from controller.service.config import MqttSection
@@ -110,13 +111,21 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> flo
 
 
 def tls_context(settings: MqttSection) -> ssl.SSLContext | None:
+    """The TLS context for the broker; ``ConfigError`` when a file cannot be used.
+
+    Built once, at start-up: a CA file that is no certificate, or a key that does not
+    match its certificate, is the operator's to fix, not a broker fault to retry.
+    """
     tls = settings.tls
     if tls is None:
         return None
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file is not None and tls.key_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"[mqtt.tls] cannot use ca_file / cert_file / key_file: {exc}") from exc
     return ctx
 
 
@@ -140,6 +149,7 @@ class MqttTransport:
         signal_groups: int | None = None,
     ) -> None:
         self.settings = settings
+        self._tls = tls_context(settings)
         self.max_buffered = max_buffered
         #: Signal groups of the junction: a state with another number of characters is
         #: from another junction or a broken encoder, not something to decide on.
@@ -227,7 +237,7 @@ class MqttTransport:
             clean_session=True,
             will=aiomqtt.Will(self.topic_status, self._status_payload(ServiceState.OFFLINE),
                               qos=1, retain=True),
-            tls_context=tls_context(s),
+            tls_context=self._tls,
         )
 
     async def run(self) -> None:
@@ -248,6 +258,10 @@ class MqttTransport:
                                 self.settings.port, exc)
             except ssl.SSLError as exc:
                 log.error("TLS error with the broker: %s", exc)
+            except ConfigError as exc:
+                # The password credential went away after start-up (it is read on every
+                # connect, for rotation): say so and keep trying, the junction is safe.
+                log.error("cannot connect: %s", exc)
             finally:
                 self._client = None
                 self.metrics.mqtt_connected.set(0)
