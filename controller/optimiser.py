@@ -41,7 +41,7 @@ from controller.plans import (
     stage_green_times,
     stage_timing,
 )
-from controller.safety import validate
+from controller.safety import validate, validate_switch
 from controller.signals import GroupKind, JunctionSignals
 from controller.webster import split_greens, stage_min_greens, webster_plan
 
@@ -1334,6 +1334,10 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
             tried.add(_key(prog))
             if validate(junction, prog, previous=running) or _over(prog, b.demand, limit):
                 continue
+        # The hardware falls back on its own when a lease lapses: a plan whose switch back
+        # fails (D4) would be refused by the core's gate after the twin had scored it.
+        if prog is not fallback and validate_switch(junction, prog, fallback):
+            continue
         out.append(Candidate(prog, name, analytic_delay_s(junction, prog, b.demand, config)))
     return out
 
