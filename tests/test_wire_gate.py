@@ -9,11 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.messages import DetectorInfo, DetectorKind, DetectorReading, HardwareState
-from controller.metrics import Metrics
-from controller.service.config import MqttSection
-from controller.service.mqtt import MqttTransport
-from controller.wire import ReadingGate, Rejected, RejectReason, encode_reading, encode_state
+from controller.messages import DetectorInfo, DetectorKind, DetectorReading
+from controller.wire import ReadingGate, Rejected, RejectReason, encode_reading
 
 JUNCTION = "schlosskreuzung"
 NOW = 1_767_225_600.0
@@ -223,35 +220,3 @@ def test_wire_gate_stream_keeps_every_valid_reading_in_order(
     expected = [json.loads(p) for _, p in sent]
     assert [(r.ts, r.seq) for r in admitted] == [(e["ts"], e["seq"]) for e in expected]
     assert [r.detector_id for r in admitted] == [t.rsplit("/", 1)[1] for t, _ in sent]
-
-
-def test_a_full_inbound_buffer_drops_the_oldest_and_counts_every_drop() -> None:
-    """Admitted messages the core does not drain in time: lost, but never silently."""
-    metrics = Metrics()
-    transport = MqttTransport(MqttSection(), JUNCTION, _gate(), metrics, version="test",
-                              max_age_s=30.0, max_future_s=2.0, clock=lambda: NOW,
-                              max_buffered=3)
-    for seq in range(1, 6):
-        transport.handle(*_ok("N_1_stop", seq))
-    dropped = metrics.registry.get_sample_value("atsc_messages_dropped_total")
-    assert dropped == 2
-    kept = [a.message for a in transport.receive_timed()]
-    assert [r.seq for r in kept if isinstance(r, DetectorReading)] == [3, 4, 5]
-    transport.handle(*_ok("N_1_stop", 6))
-    assert [a.message.seq for a in transport.receive_timed()] == [6]  # type: ignore[union-attr]
-    assert metrics.registry.get_sample_value("atsc_messages_dropped_total") == 2
-
-
-def test_a_hardware_state_for_another_number_of_signal_groups_is_rejected_and_counted() -> None:
-    metrics = Metrics()
-    transport = MqttTransport(MqttSection(), JUNCTION, _gate(), metrics, version="test",
-                              max_age_s=30.0, max_future_s=2.0, clock=lambda: NOW,
-                              signal_groups=3)
-    for n, chars in enumerate(("rGr", "rG", "rGrr"), start=1):
-        state = HardwareState(ts=NOW, program_id="p", fallback=False, cycle_second=n,
-                              signal_states=chars)
-        transport.handle(transport.topic_state, encode_state(state))
-    admitted = [a.message for a in transport.receive_timed()]
-    assert [s.signal_states for s in admitted if isinstance(s, HardwareState)] == ["rGr"]
-    assert metrics.registry.get_sample_value(
-        "atsc_messages_rejected_total", {"reason": "schema"}) == 2
