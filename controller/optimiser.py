@@ -41,7 +41,7 @@ from controller.plans import (
     stage_green_times,
     stage_timing,
 )
-from controller.safety import validate, validate_switch
+from controller.safety import validate
 from controller.signals import GroupKind, JunctionSignals
 from controller.webster import split_greens, stage_min_greens, webster_plan
 
@@ -785,9 +785,12 @@ def propose(
     The first candidate is the delay-optimal one (when it passes the gate),
     then the fallback, then event-driven variants (bus, pedestrian, stage
     skipping) and cycle and split variants.  Every returned program passes
-    ``controller.safety.validate`` from ``running`` and the switch back to
-    ``fallback``; identical programs appear once.  Without a stage plan on the
-    fallback only the fallback itself can be offered.
+    ``controller.safety.validate`` from ``running``; identical programs appear
+    once.  The switch back to ``fallback`` (D4) is the core's gate to check: a
+    few candidates fail it (0.6 % in session 14's runs) and are refused after
+    scoring.  Filtering them here lets lower-priority entries fill the set
+    instead, which measured no better (docs/adaptive.md, session 17).  Without a
+    stage plan on the fallback only the fallback itself can be offered.
     """
     demand = group_demand(junction, estimate, running, config)
     b = _Builder(
@@ -1334,10 +1337,6 @@ def _gate(b: _Builder, pool: Sequence[_Entry]) -> list[Candidate]:
             tried.add(_key(prog))
             if validate(junction, prog, previous=running) or _over(prog, b.demand, limit):
                 continue
-        # The hardware falls back on its own when a lease lapses: a plan whose switch back
-        # fails (D4) would be refused by the core's gate after the twin had scored it.
-        if prog is not fallback and validate_switch(junction, prog, fallback):
-            continue
         out.append(Candidate(prog, name, analytic_delay_s(junction, prog, b.demand, config)))
     return out
 
