@@ -1216,10 +1216,21 @@ def _draw(rng: np.random.Generator, options: Sequence[str], shares: Mapping[str,
 _WORKER: _Worker | None = None
 
 
-def _init_worker(config: TwinConfig, scratch: str) -> None:
+#: Marker a worker leaves in the scratch directory when it could not lower its priority.
+NICE_REFUSED = "nice-refused"
+
+
+def _init_worker(config: TwinConfig, scratch: str, nice: int = 0) -> None:
     """Process pool initializer: one libsumo simulation per worker process."""
     if not isinstance(config, TwinConfig) or not isinstance(scratch, str):
         raise TypeError("a twin worker starts from a TwinConfig and a scratch directory only")
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            # A seccomp filter may refuse setpriority (the unit denies @resources): the
+            # worker runs at normal priority, and the service says so once.
+            (Path(scratch) / NICE_REFUSED).touch()
     global _WORKER  # noqa: PLW0603  # one simulation per process is libsumo's own rule
     _WORKER = _Worker(config, scratch)
     (Path(scratch) / f"worker-{os.getpid()}").touch()
@@ -1269,11 +1280,15 @@ class SumoTwin:
     deterministic, so every worker starts from the same state.
     """
 
-    def __init__(self, config: TwinConfig, workers: int = 2) -> None:
+    def __init__(self, config: TwinConfig, workers: int = 2, *, nice: int = 0) -> None:
         if workers < 1:
             raise ValueError("the twin needs at least one worker")
+        if not 0 <= nice <= 19:
+            raise ValueError("nice must be 0-19 (workers can only be made nicer)")
         self.config = config
         self.workers = workers
+        #: Added to each worker's niceness when it starts, replacement workers included.
+        self.nice = nice
         self._scratch = tempfile.mkdtemp(prefix="atsc-twin-")
         (Path(self._scratch) / "workers").write_text(str(workers))
         #: Pools started after a worker died (``submit`` replaces a broken pool).
@@ -1285,7 +1300,7 @@ class SumoTwin:
             max_workers=self.workers,
             mp_context=get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.config, self._scratch),
+            initargs=(self.config, self._scratch, self.nice),
         )
 
     def submit(
@@ -1333,6 +1348,10 @@ class SumoTwin:
         # for all their peers keep every started worker busy until the last one is up.
         for f in [self._pool.submit(_await_peers) for _ in range(self.workers)]:
             f.result(timeout=120)
+
+    def nice_refused(self) -> bool:
+        """True when a worker could not lower its priority by ``nice`` (it runs unniced)."""
+        return (Path(self._scratch) / NICE_REFUSED).exists()
 
     def worker_pids(self) -> tuple[int, ...]:
         """Process ids of the workers that have started (for tests and metrics)."""

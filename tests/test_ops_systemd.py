@@ -101,7 +101,7 @@ def test_unit_keeps_the_service_contract() -> None:
         "Service.AmbientCapabilities": [""],
         "Service.ProtectSystem": ["strict"],
         "Service.RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"],
-        "Service.SystemCallFilter": ["@system-service", "~@privileged @resources"],
+        "Service.SystemCallFilter": ["@system-service", "~@privileged @resources", "setpriority"],
         "Service.UMask": ["0077"],
         "Service.TimeoutStopSec": ["10s"],
         "Service.ExecStart": ["/opt/atsc/.venv/bin/atsc serve --config /etc/atsc/%i.toml"],

@@ -208,9 +208,12 @@ def test_pedestrian_weight_must_be_a_positive_number(weight: float) -> None:
 
 def test_a_worker_that_dies_costs_one_evaluation_then_a_fresh_pool_scores() -> None:
     snap = queued_snapshot()
-    with SumoTwin(CFG, workers=1) as t:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with SumoTwin(CFG, workers=1, nice=3) as t:
         first = t.evaluate(snap, [RUNNING])
         (pid,) = t.worker_pids()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 3)
+        assert not t.nice_refused()
         os.kill(pid, signal.SIGKILL)
         # Whether the pool notices the death before or during the next evaluation is a
         # race; either way at most that one evaluation fails.
@@ -226,3 +229,4 @@ def test_a_worker_that_dies_costs_one_evaluation_then_a_fresh_pool_scores() -> N
         assert _same(first[0], again[0])
         (new_pid,) = t.worker_pids()
         assert new_pid != pid
+        assert os.getpriority(os.PRIO_PROCESS, new_pid) == min(19, own + 3)  # reniced too

@@ -250,7 +250,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
                                    pedestrian_weight=cfg.twin.pedestrian_weight),
             startup_delay_s=cfg.twin.startup_delay_s, car_accel_mps2=cfg.twin.car_accel_mps2,
         )
-        twin = SumoTwin(twin_cfg, workers=cfg.twin.workers)
+        twin = SumoTwin(twin_cfg, workers=cfg.twin.workers, nice=TWIN_NICE)
         inner: Any = twin
         snapshots = SnapshotBuilder(twin_cfg)
         close, warm_up, worker_pids = twin.close, twin.warm_up, twin.worker_pids
@@ -922,14 +922,12 @@ class Service:
         return code
 
     def _warm_up(self) -> None:
-        """Start the twin workers, then lower their CPU priority (``TWIN_NICE``)."""
+        """Start the twin workers now (each lowers its own priority by ``TWIN_NICE``)."""
         self.parts.warm_up()
-        for pid in self.parts.worker_pids():
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid,
-                               min(19, os.getpriority(os.PRIO_PROCESS, pid) + TWIN_NICE))
-            except OSError as exc:
-                log.warning("cannot lower the priority of twin worker %d: %s", pid, exc)
+        refused = getattr(self.parts.evaluator, "nice_refused", None)
+        if refused is not None and refused():
+            log.warning("twin workers run at normal priority: lowering it was refused "
+                        "(setpriority, e.g. a SystemCallFilter without @resources)")
 
     async def shutdown(self, control: asyncio.Task[None], mqtt_task: asyncio.Task[None],
                        warm: asyncio.Future[None]) -> None:
