@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     kpis = run_one(case, args.controller, args.seed, args.out, progress=False, probe=probed)
     p = probes[0]
     print(f"{args.scenario} seed {args.seed}, {args.controller}: lane {args.lane}, crossing "
-          f"{args.crossing}; vehicle delay {kpis.vehicle_delay_s:.1f} s")
+          f"{args.crossing}; vehicle delay "
+          f"{'n/a' if kpis.vehicle_delay_s is None else f'{kpis.vehicle_delay_s:.1f} s'}")
     print(f"{'signal':7} {'pedestrians':12} {'seconds':>8} {'left':>6} {'veh/h':>7}")
     for green in (True, False):
         for walking in (True, False):

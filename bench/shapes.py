@@ -279,7 +279,10 @@ def summarise(outcome: Outcome) -> list[dict[str, Any]]:
         runs = by_ctrl.get(ctrl, [])
         if not runs:
             continue
-        delays = [float(r["vehicle_delay_s"]) for r in runs]
+        # A run in which no vehicle finished has no delay (None): left out, as _mean does.
+        delays = [float(r["vehicle_delay_s"]) for r in runs if r["vehicle_delay_s"] is not None]
+        if not delays:
+            continue
         mean = statistics.fmean(delays)
         rows.append({
             "controller": ctrl,

@@ -50,7 +50,7 @@ from sim.batch import run_batch
 from sim.demand import list_scenarios
 from sim.kpis import RunKpis, group_records, read_kpis_json, write_kpis_json
 from sim.report import write_report
-from sim.runner import Case, case_from_scenario, junction_of
+from sim.runner import Case, case_from_scenario, junction_of, known_controllers
 from sim.scorecard import (
     Score,
     Scorecard,
@@ -244,14 +244,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if records:
             cases.append(case_from_scenario(records[0].scenario))
     else:
+        # Bad input fails here, in one line, before any run starts.
+        unknown = sorted(set(args.controllers) - set(known_controllers()))
+        if unknown:
+            print(f"error: unknown controller(s) {', '.join(unknown)}; known: "
+                  f"{', '.join(known_controllers())}", file=sys.stderr)
+            return 2
+        if args.window_s is not None and args.window_s <= 0:
+            print("error: --window-s must be positive", file=sys.stderr)
+            return 2
         names = args.scenarios or list_scenarios()
         seeds = args.seed_list or list(range(1, args.seeds + 1))
-        for name in names:
-            case = case_from_scenario(name)
-            if args.window_s is not None:
-                end = min(case.end_s, case.begin_s + case.warmup_s + args.window_s)
-                case = replace(case, end_s=end)
-            cases.append(case)
+        try:
+            for name in names:
+                case = case_from_scenario(name)
+                if args.window_s is not None:
+                    end = min(case.end_s, case.begin_s + case.warmup_s + args.window_s)
+                    case = replace(case, end_s=end)
+                cases.append(case)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         pool = ProcessPoolExecutor(
             max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker, initargs=(args.twin_workers, args.horizon_s),

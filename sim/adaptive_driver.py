@@ -35,16 +35,13 @@ from controller.adaptive import (
     PEDESTRIAN_SLACK_S,
     AdaptiveConfig,
     AdaptiveCore,
-    AnalyticEvaluator,
     Decision,
     DetectorPerception,
-    EstimateSnapshots,
     Evaluator,
     Perception,
     Proposer,
     RunningCheck,
     SnapshotSource,
-    webster_proposer,
 )
 from controller.estimator import ApproachEstimate, Estimate, GroupEstimate
 from controller.health import Degradation
@@ -107,12 +104,6 @@ class Parts:
     label: str = ""
     #: Retires a running plan the capacity rule forbids (``optimiser.capacity_check``).
     running_check: RunningCheck | None = None
-
-
-def analytic_parts(model: JunctionModel) -> Parts:
-    """Webster candidates scored with the HCM formula: no twin (tests, quick looks)."""
-    return Parts(webster_proposer, AnalyticEvaluator(model.signals), EstimateSnapshots(),
-                 label="analytic")
 
 
 def twin_parts(model: JunctionModel, *, horizon_s: int | None = None,

@@ -29,7 +29,6 @@ class FieldDetectors:
         sumo: ModuleType,
         detectors: Sequence[DetectorInfo],
         button_crossings: Mapping[str, tuple[str, ...]],
-        clock_base: float = 0.0,
     ) -> None:
         """``button_crossings`` maps a push-button id to the crossing edges it serves."""
         self._sumo = sumo
@@ -39,7 +38,6 @@ class FieldDetectors:
         self._button_crossings = {k: frozenset(v) for k, v in button_crossings.items()}
         self._seen: dict[str, set[str]] = {d.id: set() for d in (*self._loops, *self._queues)}
         self._seq: dict[str, int] = {d.id: 0 for d in detectors}
-        self._clock_base = clock_base
         known_loops = set(sumo.inductionloop.getIDList())
         known_areas = set(sumo.lanearea.getIDList())
         missing = [d.id for d in self._loops if d.id not in known_loops]
@@ -49,7 +47,7 @@ class FieldDetectors:
 
     def read(self, sim_time: float) -> list[DetectorReading]:
         s = self._sumo
-        ts = self._clock_base + sim_time
+        ts = sim_time
         out: list[DetectorReading] = []
         for d in self._loops:
             ids = set(s.inductionloop.getLastStepVehicleIDs(d.id))

@@ -106,8 +106,10 @@ def simulate(
     sumo: ModuleType = libsumo
     result = FieldResult()
     started = time.perf_counter()
-    sumo.start(sumo_command(run, kpi_args))
+    running = False
     try:
+        sumo.start(sumo_command(run, kpi_args))
+        running = True
         tls = model.signals.tls_id
         if tls not in sumo.trafficlight.getIDList():
             raise ValueError(f"traffic light {tls!r} not in the simulation")
@@ -168,9 +170,13 @@ def simulate(
                     next_report += 900
             result.sim_seconds = int(t - run.begin_s)
     finally:
-        sumo.close()
-        result.driver_stats = driver.close()
-        result.wall_time_s = time.perf_counter() - started
+        # The driver is closed whatever SUMO did: it may hold an MQTT link or twin workers.
+        try:
+            if running:
+                sumo.close()
+        finally:
+            result.driver_stats = driver.close()
+            result.wall_time_s = time.perf_counter() - started
     return result
 
 

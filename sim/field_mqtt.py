@@ -276,9 +276,6 @@ class MqttLink:
             except queue.Empty:
                 return out
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
-
     def stop(self, timeout: float = 5.0) -> None:
         loop = self._loop
         if loop is not None and self._stop is not None:

@@ -244,13 +244,16 @@ def run_one(
         sumocfg=case.sumocfg, native_program=native_id,
     )
     label = f"{case.label}/{controller}/seed{seed}"
+    # Read before the run: a malformed file fails now, not after an hour of simulation.
+    vtype_classes = vtype_classes_from_xml(
+        (*model.additional_files, *case.additional_files, *route_files, *extra_adds))
     result = simulate(run, model, driver, kpi_sumo_args(run_dir),
                       progress=print_progress(label) if progress else None)
     kpis = compute_kpis(
         run_dir, scenario=case.label, controller=controller, seed=seed,
         warmup_s=case.begin_s + case.warmup_s, end_s=case.end_s, occupancy=occupancy,
         wall_time_s=result.wall_time_s,
-        vtype_classes=vtype_classes_from_xml((*route_files, *extra_adds)),
+        vtype_classes=vtype_classes,
     )
     (run_dir / "run.json").write_text(json.dumps({
         "case": {k: str(v) for k, v in asdict(case).items()},

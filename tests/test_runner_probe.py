@@ -55,3 +55,26 @@ def test_a_probe_sees_every_second_and_the_controller_still_drives(tmp_path: Pat
     # Watching changes nothing: the same run without the probe gives the same KPIs.
     assert kpis.vehicle_delay_s == plain.vehicle_delay_s
     assert kpis.throughput_veh_h == plain.throughput_veh_h
+
+
+class Closed(Watcher):
+    """Remembers that it was closed."""
+
+    closed = 0
+
+    def close(self) -> dict[str, object]:
+        Closed.closed += 1
+        return self.inner.close()
+
+
+@pytest.mark.sumo
+def test_the_driver_is_closed_when_sumo_refuses_the_run(tmp_path: Path) -> None:
+    """A driver may hold an MQTT link or twin workers: SUMO failing to start must not leak it."""
+    broken = tmp_path / "broken.add.xml"
+    broken.write_text('<additional><busStop id="x" lane="no_such_lane_0" startPos="0" '
+                      'endPos="10"/></additional>')
+    case = case_from_scenario("midday")
+    case = replace(case, end_s=case.begin_s + 300.0, warmup_s=100.0, additional_files=(broken,))
+    with pytest.raises(Exception, match="Process Error"):  # libsumo: details on stderr
+        run_one(case, "fixed", 1, tmp_path, progress=False, probe=Closed)
+    assert Closed.closed == 1
