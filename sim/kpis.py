@@ -727,11 +727,16 @@ def group_records(
 
 
 def delay_ratio(runs: Sequence[RunKpis], baseline: Sequence[RunKpis] | None) -> float | None:
-    """Mean vehicle delay of ``runs`` over that of the baseline (< 1 = better)."""
+    """Mean vehicle delay of ``runs`` over that of the baseline (< 1 = better).
+
+    Only seeds both have count (a merged table may hold one controller on seeds 1-5 and the
+    baseline on 1-10): the same demand on both sides, as the scorecard pairs them.
+    """
     if not baseline:
         return None
-    mine = kpi_stat(runs, "vehicle_delay_s").mean
-    ref = kpi_stat(baseline, "vehicle_delay_s").mean
+    shared = {r.seed for r in runs} & {r.seed for r in baseline}
+    mine = kpi_stat([r for r in runs if r.seed in shared], "vehicle_delay_s").mean
+    ref = kpi_stat([r for r in baseline if r.seed in shared], "vehicle_delay_s").mean
     if mine is None or ref is None or ref <= 0:
         return None
     return mine / ref

@@ -260,8 +260,12 @@ def _losses_vs_fixed(by_ctrl: Mapping[str, Sequence[RunKpis]]) -> str:
         if ctrl == BASELINE:
             continue
         worse: list[str] = []
+        # The seeds both ran: the same demand on both sides (as delay_ratio).
+        shared = {r.seed for r in runs} & {r.seed for r in baseline}
+        own = [r for r in runs if r.seed in shared]
+        base = [r for r in baseline if r.seed in shared]
         for c in COLUMNS:
-            mine, ref = kpi_stat(runs, c.field), kpi_stat(baseline, c.field)
+            mine, ref = kpi_stat(own, c.field), kpi_stat(base, c.field)
             if mine.mean is None or ref.mean is None or mine.mean == ref.mean:
                 continue
             if (mine.mean > ref.mean) != c.lower_is_better:

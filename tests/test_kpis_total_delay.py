@@ -16,7 +16,14 @@ import pytest
 from _runner_helpers import bench_traffic
 
 from controller.errors import ConfigError
-from sim.kpis import RunKpis, read_kpis_json, summary_table, total_delay, write_kpis_json
+from sim.kpis import (
+    RunKpis,
+    delay_ratio,
+    read_kpis_json,
+    summary_table,
+    total_delay,
+    write_kpis_json,
+)
 
 
 def _rec(controller: str, seed: int, delay: float | None, insertion: float | None) -> RunKpis:
@@ -111,3 +118,12 @@ def test_summary_table_has_insertion_column() -> None:
     fixed = next(line for line in lines if " fixed " in line)
     assert "5.0 ± 7.1" in fixed  # insertion 10 and 0
     assert fixed.split()[-1] == "1.00"
+
+
+def test_delay_ratio_compares_only_the_seeds_both_controllers_ran() -> None:
+    """A merged table may hold the baseline on seeds 1-4 and a controller on 1-2 only."""
+    fixed = [_rec("fixed", s, d, None) for s, d in ((1, 100.0), (2, 100.0), (3, 300.0),
+                                                    (4, 300.0))]
+    adaptive = [_rec("adaptive", 1, 80.0, None), _rec("adaptive", 2, 90.0, None)]
+    assert delay_ratio(adaptive, fixed) == pytest.approx(0.85)  # not 85 / 200
+    assert delay_ratio([_rec("adaptive", 9, 80.0, None)], fixed) is None  # nothing shared
