@@ -897,7 +897,7 @@ class Service:
             # Without its workers no decision can be scored: an online service that never
             # adapts would mislead the operator; exit so systemd restarts it (or shows why).
             exc = None if f.cancelled() else f.exception()
-            if exc is not None:
+            if exc is not None and not self.stopping:  # a stop may close the pool mid-start
                 warm_failed.append(exc)
                 log.error("the twin's worker processes failed to start: %r; stopping", exc)
                 stop.set()
