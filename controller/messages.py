@@ -66,7 +66,6 @@ class DetectorReading:
     pressed: bool | None = None
 
 
-
 def is_news(reading: DetectorReading, last_seq: int | None, last_ts: float | None) -> bool:
     """Whether ``reading`` comes after the detector's last reading taken (``None``: none yet).
 

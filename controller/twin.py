@@ -1228,7 +1228,7 @@ def _init_worker(config: TwinConfig, scratch: str, nice: int = 0) -> None:
         try:
             os.nice(nice)
         except OSError:
-            # A seccomp filter may refuse setpriority (the unit denies @resources): the
+            # A seccomp filter may refuse setpriority (@resources denied, not allowed back): the
             # worker runs at normal priority, and the service says so once.
             (Path(scratch) / NICE_REFUSED).touch()
     global _WORKER  # noqa: PLW0603  # one simulation per process is libsumo's own rule
