@@ -726,17 +726,25 @@ def group_records(
     return out
 
 
-def delay_ratio(runs: Sequence[RunKpis], baseline: Sequence[RunKpis] | None) -> float | None:
-    """Mean vehicle delay of ``runs`` over that of the baseline (< 1 = better).
+def on_shared_seeds(
+    runs: Sequence[RunKpis], baseline: Sequence[RunKpis]
+) -> tuple[list[RunKpis], list[RunKpis]]:
+    """Both sides cut to the seeds both ran: the same demand on each side.
 
-    Only seeds both have count (a merged table may hold one controller on seeds 1-5 and the
-    baseline on 1-10): the same demand on both sides, as the scorecard pairs them.
+    A merged table may hold one controller on seeds 1-5 and the baseline on 1-10; the
+    scorecard pairs them the same way.
     """
+    shared = {r.seed for r in runs} & {r.seed for r in baseline}
+    return [r for r in runs if r.seed in shared], [r for r in baseline if r.seed in shared]
+
+
+def delay_ratio(runs: Sequence[RunKpis], baseline: Sequence[RunKpis] | None) -> float | None:
+    """Mean vehicle delay of ``runs`` over that of the baseline (< 1 = better), on shared seeds."""
     if not baseline:
         return None
-    shared = {r.seed for r in runs} & {r.seed for r in baseline}
-    mine = kpi_stat([r for r in runs if r.seed in shared], "vehicle_delay_s").mean
-    ref = kpi_stat([r for r in baseline if r.seed in shared], "vehicle_delay_s").mean
+    own, base = on_shared_seeds(runs, baseline)
+    mine = kpi_stat(own, "vehicle_delay_s").mean
+    ref = kpi_stat(base, "vehicle_delay_s").mean
     if mine is None or ref is None or ref <= 0:
         return None
     return mine / ref

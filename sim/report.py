@@ -35,6 +35,7 @@ from sim.kpis import (
     delay_ratio,
     group_records,
     kpi_stat,
+    on_shared_seeds,
     read_queues,
     read_time_losses,
     read_tls_states,
@@ -260,10 +261,7 @@ def _losses_vs_fixed(by_ctrl: Mapping[str, Sequence[RunKpis]]) -> str:
         if ctrl == BASELINE:
             continue
         worse: list[str] = []
-        # The seeds both ran: the same demand on both sides (as delay_ratio).
-        shared = {r.seed for r in runs} & {r.seed for r in baseline}
-        own = [r for r in runs if r.seed in shared]
-        base = [r for r in baseline if r.seed in shared]
+        own, base = on_shared_seeds(runs, baseline)
         for c in COLUMNS:
             mine, ref = kpi_stat(own, c.field), kpi_stat(base, c.field)
             if mine.mean is None or ref.mean is None or mine.mean == ref.mean:

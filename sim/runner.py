@@ -233,6 +233,10 @@ def run_one(
             logic_type=native, program_id=native_id, detectors=_actuation_loops(model),
             minor_links=model.minor_links,
         ))
+    # Read before the driver and the run exist: a malformed file fails now, leaking
+    # nothing, not after an hour of simulation.
+    vtype_classes = vtype_classes_from_xml(
+        (*model.additional_files, *case.additional_files, *route_files, *extra_adds))
     ctx = DriverContext(model=model, fixed_program=program,
                         sequence=webster.plan.sequence, run_dir=str(run_dir), seed=seed)
     driver = make_driver(controller, ctx)
@@ -244,9 +248,6 @@ def run_one(
         sumocfg=case.sumocfg, native_program=native_id,
     )
     label = f"{case.label}/{controller}/seed{seed}"
-    # Read before the run: a malformed file fails now, not after an hour of simulation.
-    vtype_classes = vtype_classes_from_xml(
-        (*model.additional_files, *case.additional_files, *route_files, *extra_adds))
     result = simulate(run, model, driver, kpi_sumo_args(run_dir),
                       progress=print_progress(label) if progress else None)
     kpis = compute_kpis(

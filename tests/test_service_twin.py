@@ -33,25 +33,25 @@ from test_service_harness import (
 pytestmark = [pytest.mark.mosquitto, pytest.mark.sumo, pytest.mark.timeout(150)]
 
 
+def _stat(path: Path) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...); None once
+    the process is gone (Linux only, as the service)."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc; Linux only, as the service)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            after_name = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the process ended while we looked
-        if int(after_name[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    """Process ids whose parent is ``pid``."""
+    stats = {int(p.parent.name): _stat(p) for p in Path("/proc").glob("[0-9]*/stat")}
+    return [child for child, f in stats.items() if f is not None and int(f[1]) == pid]
 
 
 def alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (ended, not yet reaped) counts as ended."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    f = _stat(Path(f"/proc/{pid}/stat"))
+    return f is not None and f[0] != "Z"
 
 
 @pytest.fixture

@@ -230,6 +230,8 @@ class Parts:
     evaluator: Any = None
     warm_up: Callable[[], None] = _nothing
     worker_pids: Callable[[], tuple[int, ...]] = tuple
+    #: True when the twin's workers could not lower their priority (they run unniced).
+    nice_refused: Callable[[], bool] = bool
 
 
 def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
@@ -241,6 +243,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
     close: Callable[[], None] = _nothing
     warm_up: Callable[[], None] = _nothing
     worker_pids: Callable[[], tuple[int, ...]] = tuple
+    nice_refused: Callable[[], bool] = bool
     if cfg.twin.evaluator == "sumo":
         from controller.twin import SnapshotBuilder, SumoTwin
         from sim.twin_config import twin_config_from_model
@@ -254,6 +257,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
         inner: Any = twin
         snapshots = SnapshotBuilder(twin_cfg)
         close, warm_up, worker_pids = twin.close, twin.warm_up, twin.worker_pids
+        nice_refused = twin.nice_refused
     else:
         inner = AnalyticEvaluator(model.signals)
         snapshots = EstimateSnapshots()
@@ -285,7 +289,7 @@ def build_parts(cfg: ServiceConfig, model: Any, fallback: SignalProgram,
         config=adaptive, timer=time.perf_counter, first_seq=first_seq,
         running_check=capacity_check,
     )
-    return Parts(core, perception, close, inner, warm_up, worker_pids)
+    return Parts(core, perception, close, inner, warm_up, worker_pids, nice_refused)
 
 
 #: Seconds adaptation must stay forbidden (D2) before the status turns "degraded".
@@ -924,8 +928,7 @@ class Service:
     def _warm_up(self) -> None:
         """Start the twin workers now (each lowers its own priority by ``TWIN_NICE``)."""
         self.parts.warm_up()
-        refused = getattr(self.parts.evaluator, "nice_refused", None)
-        if refused is not None and refused():
+        if self.parts.nice_refused():
             log.warning("twin workers run at normal priority: lowering it was refused "
                         "(setpriority, e.g. a SystemCallFilter without @resources)")
 
